@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` (main job) and `make test` (the tests).
+# Both create .venv on first use and install everything they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stml-installed
+# torch first, pinned: these releases lie on the development machines' local index, and an
+# unpinned torch would pull a newer multi-GB CUDA build from PyPI.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+EXTRAS := train,export,cpu,index,dev
+
+.PHONY: demo test lint format bench setup data clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (the demo's default data); without it the demo uses digits.
+data:
+	@sh .ci/fashion_mnist.sh
+
+demo: setup
+	$(BIN)/stml demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python benchmarks/pseudo_labels.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

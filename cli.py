@@ -1,0 +1,326 @@
+"""The `stml` command line. It parses, calls the packages and prints; the work happens in
+training/, export/ and stml_deploy/. Heavy imports (torch, onnxruntime, faiss) stay inside
+the commands so `stml --help` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stml_deploy.console import info, stderr, stdout
+from stml_deploy.errors import StmlError
+
+
+class StmlApp(typer.Typer):
+    """Typer app whose user errors are one line (`error: ...`) and a non-zero exit code,
+    never a traceback; genuine bugs still show their traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sys.exit(main(kwargs.get("args")))
+
+
+app = StmlApp(
+    name="stml",
+    help="Self-Taught Metric Learning: label-free image embeddings, exported with verified parity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="stml", standalone_mode=False)
+    except StmlError as exc:
+        stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except NoArgsIsHelpError as exc:
+        stdout.print(exc.format_message(), markup=False, highlight=False)
+        return 0
+    except typer.TyperException as exc:  # usage errors: bad option values, unknown options
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        stderr.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        stderr.print("aborted", markup=False)
+        return 130
+    return 0
+
+
+# --- shared options ------------------------------------------------------------------------
+DataRoot = Annotated[
+    Path | None,
+    typer.Option("--data-root", help="Folder of a known dataset (cub, cars, sop, fashion-mnist)."),
+]
+Split = Annotated[
+    str, typer.Option("--split", help="Standard split of a known dataset: train | test.")
+]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", help="Data loader processes (default: min(4, cores-1))."),
+]
+Strict = Annotated[
+    bool,
+    typer.Option("--strict", help="Stop at the first unreadable image instead of skipping it."),
+]
+MaxImages = Annotated[
+    int | None,
+    typer.Option("--max-images", help="Use a seeded random subset of at most N images."),
+]
+
+
+# --- train ---------------------------------------------------------------------------------
+@app.command()
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Folder of images (searched recursively) or a dataset name: cub, cars, sop, fashion-mnist, digits."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Model package folder to write.")],
+    data_root: DataRoot = None,
+    split: Split = "train",
+    recipe: Annotated[
+        str | None, typer.Option(help="The paper's settings: cub | cars | sop | sop-scratch.")
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="timm model name (hf-hub: names too) or googlenet. [default: resnet50]"),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from the backbone's pretrained weights (downloaded by timm/torchvision). [default: pretrained]",
+        ),
+    ] = None,
+    embedding_dim: Annotated[
+        int | None, typer.Option(help="Size of the final embedding f. [default: 512]")
+    ] = None,
+    aux_dim: Annotated[
+        int | None, typer.Option(help="Size of the auxiliary head g. [default: 1024]")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Network input side after the crop. [default: 224]")
+    ] = None,
+    resize: Annotated[
+        int | None,
+        typer.Option(
+            help="Shorter side before the center crop at eval. [default: image-size / 0.875]"
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="[default: 90]")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per batch; each is seen in --views augmentations. [default: 120]"
+        ),
+    ] = None,
+    views: Annotated[
+        int | None, typer.Option(help="Augmented views per image. [default: 2]")
+    ] = None,
+    neighbours: Annotated[
+        int | None,
+        typer.Option(help="Images per query group in nearest-neighbour batches. [default: 5]"),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Backbone learning rate (AdamP). [default: 1e-4]")
+    ] = None,
+    head_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the f and g heads. [default: --lr]")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 1e-2]")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="cosine | constant. [default: cosine]")
+    ] = None,
+    sigma: Annotated[
+        float | None, typer.Option(help="Bandwidth of the pairwise similarity W_P. [default: 3]")
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Margin of the relaxed contrastive loss. [default: 1]")
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="EMA momentum of the teacher. [default: 0.999]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
+    device: Device = "auto",
+    amp: Annotated[
+        str, typer.Option(help="Mixed precision on CUDA: auto | bf16 | fp16 | off.")
+    ] = "auto",
+    workers: Workers = None,
+    val: Annotated[
+        str | None,
+        typer.Option(
+            help="Labelled data to report Recall@K on after every epoch (monitoring only: the last epoch is the result)."
+        ),
+    ] = None,
+    val_split: Annotated[
+        str, typer.Option(help="Split of --val when it is a dataset name.")
+    ] = "test",
+    max_images: MaxImages = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Model name recorded in the package. [default: the --out folder name]"),
+    ] = None,
+    strict: Strict = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run saved in --out.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a package already in --out.")] = False,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(help="Stop after N epochs of this invocation (continue later with --resume)."),
+    ] = None,
+) -> None:
+    """Train an embedding model on unlabelled images with STML; writes a model package."""
+    from training.config import TrainConfig
+    from training.named_datasets import resolve_source
+    from training.state import resume_config
+    from training.trainer import TrainRequest
+    from training.trainer import train as run_training
+
+    given = {
+        "backbone": backbone, "pretrained": pretrained, "embedding_dim": embedding_dim,
+        "aux_dim": aux_dim, "image_size": image_size, "resize": resize, "epochs": epochs,
+        "batch_size": batch_size, "views": views, "neighbours": neighbours, "lr": lr,
+        "head_lr": head_lr, "weight_decay": weight_decay, "schedule": schedule, "sigma": sigma,
+        "delta": delta, "momentum": momentum, "seed": seed,
+    }  # fmt: skip
+    cfg: TrainConfig = resume_config(out, recipe, given) if resume else _build_config(recipe, given)
+    if stop_after is not None and stop_after < 1:
+        raise StmlError("--stop-after must be at least 1")
+    source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
+    val_source = resolve_source(val, data_root, val_split) if val else None
+    request = TrainRequest(
+        cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
+        strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
+        overwrite=overwrite,
+    )  # fmt: skip
+    package = run_training(request)
+    done = package.config["training"]["epochs_done"]
+    stdout.print(f"wrote {package.root} ({done}/{cfg.epochs} epochs)")
+
+
+def _build_config(recipe: str | None, given: dict[str, Any]) -> Any:
+    from training.config import build_config
+
+    return build_config(recipe, given)
+
+
+# --- eval ----------------------------------------------------------------------------------
+@app.command("eval")
+def evaluate(
+    package: Annotated[str, typer.Argument(help="Model package folder.")],
+    data: Annotated[
+        str, typer.Argument(help="Labelled folder (class sub-folders) or dataset name.")
+    ],
+    data_root: DataRoot = None,
+    split: Split = "test",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    device: Device = "auto",
+    workers: Workers = None,
+    max_images: MaxImages = None,
+    strict: Strict = False,
+) -> None:
+    """Recall@1/2/4/8, MAP@R, R-precision, P@1 and NMI of a package on labelled data."""
+    from training.evaluation_run import evaluate_package
+    from training.named_datasets import resolve_source
+
+    source = resolve_source(data, data_root, split).limit(max_images, seed=0)
+    metrics = evaluate_package(package, source, device, batch_size, workers, strict)
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        _print_metrics(f"{package} on {source.name}", metrics)
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    stdout.print(table)
+
+
+# --- demo ----------------------------------------------------------------------------------
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Where the demo's model package goes (replaced on every run).")
+    ] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
+    max_train: Annotated[
+        int, typer.Option(help="Training images (a seeded subset of classes 0-4).")
+    ] = 6000,
+    device: Device = "auto",
+    workers: Workers = None,
+) -> None:
+    """Train STML on the built-in data (Fashion-MNIST, else digits) and compare Recall@K on
+    the held-out classes before and after training."""
+    from training.demo import demo_config, demo_sources
+    from training.evaluation_run import evaluate_model
+    from training.package_io import build_student, load_student
+    from training.trainer import TrainRequest
+    from training.trainer import train as run_training
+
+    started = time.perf_counter()
+    train_source, test_source = demo_sources(max_train)
+    cfg = demo_config(epochs)
+    info(
+        f"demo: {train_source.name} ({len(train_source)} images) -> held-out {test_source.name} ({len(test_source)} images)"
+    )
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    initial, spec = build_student(cfg)
+    before = evaluate_model(initial, spec, test_source, device, 512, workers, "initial model")
+    request = TrainRequest(
+        cfg=cfg, source=train_source, out=out, name="stml-demo", device=device,
+        workers=workers, overwrite=True,
+    )  # fmt: skip
+    package = run_training(request)
+    after = evaluate_model(
+        load_student(package), spec, test_source, device, 512, workers, "trained model"
+    )
+    package.config["metrics"]["test"] = {"data": test_source.summary(), **after}
+    package.config["metrics"]["test_initial"] = before
+    package.save()
+
+    from rich.table import Table
+
+    table = Table(title=f"held-out classes of {test_source.name}: before vs after STML")
+    table.add_column("metric")
+    table.add_column("initial", justify="right")
+    table.add_column("after STML", justify="right")
+    for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "nmi"):
+        table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}")
+    stdout.print(table)
+    stdout.print(
+        f"model package: {package.root}   wall time: {time.perf_counter() - started:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Reading images the same way everywhere (training, export calibration, the edge runtime):
+EXIF orientation applied, every mode turned into 8-bit RGB, damaged files reported by name."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stml_deploy.console import warn
+from stml_deploy.errors import ImageLoadError, StmlError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def is_image_name(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str | os.PathLike[str]) -> list[Path]:
+    """All image files under `root` (recursive, sorted, hidden folders skipped); a file path
+    is returned as itself. Raises StmlError when the path does not exist or holds no images."""
+    root = Path(root)
+    if not root.exists():
+        raise StmlError(f"{root}: no such file or folder")
+    if root.is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if is_image_name(f) and f[0] != "."]
+    if not found:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise StmlError(f"{root}: no images found (searched recursively for {exts})")
+    return sorted(found)
+
+
+def expand_image_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Command-line image arguments: files as given, folders expanded recursively."""
+    paths: list[Path] = []
+    for arg in args:
+        paths += list_images(arg)
+    return paths
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16-bit grey is scaled (Pillow's own convert clips it),
+    transparency is composited on white (how product photos on transparent ground look)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode one image fully, upright (EXIF orientation), as 8-bit RGB.
+
+    Raises ImageLoadError naming the file for: missing, empty, not an image, truncated,
+    or larger than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(path, f"too large, refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image Pillow can identify") from None
+    except FileNotFoundError:
+        raise ImageLoadError(path, "no such file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"truncated file ({reason})"
+        raise ImageLoadError(path, reason) from None
+
+
+def iter_readable(
+    paths: Iterable[Path], strict: bool = False
+) -> Iterator[tuple[int, Path, Image.Image]]:
+    """(position, path, RGB image) for each readable path; a bad one is skipped with one
+    warning line, or raises under `strict`."""
+    for position, path in enumerate(paths):
+        try:
+            yield position, path, load_rgb(path)
+        except ImageLoadError as exc:
+            if strict:
+                raise
+            warn(f"skipped {exc.path}: {exc.reason}")

@@ -1,0 +1,1 @@
+"""STML training: data, transforms, model, losses, teacher, sampler, trainer, evaluation."""

@@ -1,0 +1,110 @@
+"""Backbones: any timm model by name (hf-hub: names included) or torchvision's GoogLeNet
+(the paper's). Each returns a module mapping normalized images to a feature map, its feature
+width, and the preprocessing its weights expect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stml_deploy.errors import StmlError
+
+GOOGLENET_NAMES = ("googlenet", "torchvision:googlenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    module: nn.Module  # normalized float images [B,3,H,W] -> features [B,C,h,w] or tokens [B,T,C]
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    source: str  # "timm" or "torchvision"
+
+
+class GoogLeNetFeatures(nn.Module):
+    """torchvision GoogLeNet up to inception5b (1024 channels), without its classifier."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        names = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a",
+                 "inception3b", "maxpool3", "inception4a", "inception4b", "inception4c",
+                 "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b"]  # fmt: skip
+        self.order = names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torchvision's ImageNet weights expect its own input re-scaling (transform_input).
+        x = self.net._transform_input(x)
+        for name in self.order:
+            x = getattr(self.net, name)(x)
+        return x
+
+
+class TimmFeatures(nn.Module):
+    """A timm model without pooling or classifier, always returning NCHW maps or NLC tokens."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.nhwc = getattr(net, "output_fmt", "NCHW") == "NHWC"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.nhwc and out.dim() == 4:
+            out = out.permute(0, 3, 1, 2)
+        return out
+
+
+def _googlenet(pretrained: bool) -> Backbone:
+    from torchvision.models import GoogLeNet_Weights, googlenet
+
+    # transform_input=True in both cases: it is a flag, not a weight, so a package trained
+    # from pretrained weights must rebuild the same input re-scaling when loaded without them.
+    if pretrained:
+        net = googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1, transform_input=True)
+    else:
+        net = googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
+    net.fc = nn.Identity()  # the ImageNet classifier is never used
+    return Backbone(
+        GoogLeNetFeatures(net), 1024, IMAGENET_MEAN, IMAGENET_STD, "bilinear", "torchvision"
+    )
+
+
+def _timm(name: str, pretrained: bool) -> Backbone:
+    import timm
+    from timm.data import resolve_model_data_config
+
+    if not name.startswith("hf-hub:") and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise StmlError(f"unknown backbone {name!r}: not a timm model name{hint}")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+    except RuntimeError as exc:
+        raise StmlError(f"cannot create backbone {name!r}: {exc}") from None
+    except OSError as exc:  # download failures, offline
+        raise StmlError(f"cannot fetch pretrained weights for {name!r}: {exc}") from None
+    cfg = resolve_model_data_config(net)
+    interpolation = cfg.get("interpolation", "bilinear")
+    if interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
+        interpolation = "bilinear"
+    return Backbone(
+        TimmFeatures(net),
+        # models with a pre-logits projection report its width as head_hidden_size
+        int(getattr(net, "head_hidden_size", None) or net.num_features),
+        tuple(float(v) for v in cfg["mean"]),
+        tuple(float(v) for v in cfg["std"]),
+        interpolation,
+        "timm",
+    )
+
+
+def create_backbone(name: str, pretrained: bool) -> Backbone:
+    if name.lower() in GOOGLENET_NAMES:
+        return _googlenet(pretrained)
+    return _timm(name, pretrained)

@@ -1,0 +1,108 @@
+"""Training hyper-parameters: defaults are the paper's CUB / Cars values (with a modern default
+backbone); named recipes set the paper's values per dataset; explicit options win over both."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from stml_deploy.errors import StmlError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    embedding_dim: int = 512  # f head
+    aux_dim: int = 1024  # g head
+    image_size: int = 224
+    resize: int | None = None  # shorter side before the crop; None = image_size / 0.875
+    epochs: int = 90
+    batch_size: int = 120  # images per batch (each seen in `views` augmentations)
+    views: int = 2
+    neighbours: int = 5  # images per query group in nearest-neighbour batches
+    lr: float = 1e-4
+    head_lr: float | None = None  # None = lr
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # cosine | constant
+    sigma: float = 3.0
+    delta: float = 1.0
+    momentum: float = 0.999  # EMA teacher
+    seed: int = 0
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("embedding_dim", "aux_dim", "image_size", "epochs", "batch_size", "views",
+                    "neighbours")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise StmlError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise StmlError("learning rates must be positive")
+        if self.sigma <= 0 or self.delta <= 0:
+            raise StmlError("--sigma and --delta must be positive")
+        if not 0.0 <= self.momentum < 1.0:
+            raise StmlError(f"--momentum must be in [0, 1) (got {self.momentum})")
+        if self.schedule not in ("cosine", "constant"):
+            raise StmlError(f"--schedule must be cosine or constant (got {self.schedule!r})")
+        if self.resize is not None and self.resize < self.image_size:
+            raise StmlError(
+                f"--resize {self.resize} is smaller than --image-size {self.image_size}"
+            )
+        if self.batch_size < self.neighbours:
+            raise StmlError("--batch-size must be at least --neighbours")
+
+    @property
+    def topk(self) -> int:
+        return self.neighbours * self.views
+
+    @property
+    def resize_side(self) -> int:
+        return self.resize if self.resize is not None else int(round(self.image_size / 0.875))
+
+    @property
+    def effective_head_lr(self) -> float:
+        return self.head_lr if self.head_lr is not None else self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_PAPER = dict(backbone="googlenet", pretrained=True, embedding_dim=512, aux_dim=1024,
+              image_size=224, resize=256, epochs=90, batch_size=120, views=2, lr=1e-4,
+              weight_decay=1e-2, sigma=3.0, schedule="cosine")  # fmt: skip
+RECIPES: dict[str, dict[str, Any]] = {
+    "cub": {**_PAPER, "neighbours": 5, "delta": 1.0, "momentum": 0.999, "head_lr": 1e-4},
+    "cars": {**_PAPER, "neighbours": 5, "delta": 1.0, "momentum": 0.999, "head_lr": 1e-4},
+    "sop": {**_PAPER, "neighbours": 2, "delta": 0.9, "momentum": 0.9, "head_lr": 1e-2},
+    "sop-scratch": {
+        **_PAPER,
+        "backbone": "resnet18",
+        "pretrained": False,
+        "embedding_dim": 128,
+        "lr": 5e-4,
+        "head_lr": 5e-4,
+        "schedule": "constant",
+        "epochs": 180,
+        "neighbours": 2,
+        "delta": 0.9,
+        "momentum": 0.9,
+    },
+}
+
+
+def build_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < recipe < explicit options (None in `overrides` means "not given")."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise StmlError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)}")
+        values.update(RECIPES[recipe])
+        values["recipe"] = recipe
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(TrainConfig(), **values)

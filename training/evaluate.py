@@ -1,0 +1,71 @@
+"""Retrieval evaluation (DESIGN §7): the paper's Recall@K (a hit when any of the K nearest
+other items shares the query's label) and the Reality-Check metrics (MAP@R, R-precision,
+P@1, NMI) from pytorch-metric-learning. Embeddings are compared by cosine similarity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from stml_deploy.errors import StmlError
+
+DEFAULT_KS = (1, 2, 4, 8)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_others(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """[N, k] indices of each row's k most similar other rows (the query itself excluded)."""
+    import faiss
+
+    x = _unit(embeddings)
+    n = x.shape[0]
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, found = index.search(x, min(k + 1, n))
+    out = np.empty((n, min(k, n - 1)), dtype=np.int64)
+    for i in range(n):  # drop the query wherever it ranks (ties with duplicates)
+        row = found[i][found[i] != i]
+        out[i] = row[: out.shape[1]]
+    return out
+
+
+def recall_at_k(
+    embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    if len(labels) < 2:
+        raise StmlError("Recall@K needs at least 2 labelled images")
+    neighbours = nearest_others(embeddings, max(ks))
+    hits = labels[neighbours] == labels[:, None]
+    return {f"recall_at_{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def retrieval_metrics(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    with_nmi: bool = True,
+) -> dict[str, float]:
+    """Recall@K plus MAP@R, R-precision, P@1 (and NMI) with the query excluded."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    metrics: dict[str, float] = dict(recall_at_k(embeddings, labels, ks))
+    include = ["mean_average_precision_at_r", "r_precision", "precision_at_1"]
+    if with_nmi:
+        include.append("NMI")
+    x = torch.from_numpy(_unit(embeddings))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    calculator = AccuracyCalculator(include=tuple(include), k="max_bin_count", device=x.device)
+    accuracy = calculator.get_accuracy(x, y, x, y, ref_includes_query=True)
+    metrics["map_at_r"] = float(accuracy["mean_average_precision_at_r"])
+    metrics["r_precision"] = float(accuracy["r_precision"])
+    metrics["precision_at_1"] = float(accuracy["precision_at_1"])
+    if with_nmi:
+        metrics["nmi"] = float(accuracy["NMI"])
+    metrics["num_queries"] = len(labels)
+    return metrics

@@ -1,0 +1,57 @@
+"""Evaluating a model (a package's torch weights, or a network in memory) on labelled data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stml_deploy.errors import StmlError
+from stml_deploy.package import ModelPackage
+from stml_deploy.preprocess import PreprocessSpec
+from training.device import resolve_device
+from training.embedding import embed_source
+from training.evaluate import retrieval_metrics
+from training.model import EmbeddingNet
+from training.package_io import load_student
+from training.sources import ImageSource
+
+
+def evaluate_model(
+    model: EmbeddingNet,
+    spec: PreprocessSpec,
+    source: ImageSource,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int | None = None,
+    description: str = "evaluating",
+    strict: bool = False,
+) -> dict[str, Any]:
+    if source.labels is None:
+        raise StmlError(
+            f"{source.root}: evaluation needs labels (put each class in its own sub-folder)"
+        )
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    embedded = embed_source(
+        model.embed, source, spec, dev, batch_size, workers, strict, description
+    )
+    metrics = retrieval_metrics(embedded.vectors, embedded.labels(source))
+    metrics["skipped_images"] = len(embedded.skipped)
+    return metrics
+
+
+def evaluate_package(
+    package_ref: str,
+    source: ImageSource,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int | None = None,
+    strict: bool = False,
+) -> dict[str, Any]:
+    package = ModelPackage.load(package_ref)
+    model = load_student(package, "cpu")
+    with torch.inference_mode():
+        return evaluate_model(
+            model, package.preprocessing, source, device, batch_size, workers, "evaluating", strict
+        )

@@ -1,0 +1,185 @@
+"""Readers for the known dataset names (`--data-root` points at their usual layouts) and the
+standard unsupervised metric-learning splits: the classes of the train split never appear in
+the test split."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from stml_deploy.errors import StmlError
+from training.sources import SPLITS, ImageSource, folder_source
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+def _find_root(data_root: Path | None, marker: str, subdir: str, dataset: str) -> Path:
+    """The folder holding `marker`: `data_root` itself or its `subdir`."""
+    if data_root is None:
+        raise StmlError(f"dataset {dataset!r} needs --data-root (the folder holding {subdir}/)")
+    for candidate in (data_root, data_root / subdir):
+        if (candidate / marker).exists():
+            return candidate
+    raise StmlError(
+        f"{data_root}: not a {dataset} copy (looked for {marker} in it and in {subdir}/)"
+    )
+
+
+def _read_table(path: Path, skip_header: bool = False) -> list[list[str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise StmlError(f"{path}: cannot read ({exc.strerror})") from None
+    rows = [line.split() for line in lines[1 if skip_header else 0 :] if line.strip()]
+    return rows
+
+
+def _from_rows(
+    name: str, root: Path, rows: list[tuple[Path, int]], keep: Callable[[int], bool], split: str
+) -> ImageSource:
+    chosen = [(path, label) for path, label in rows if keep(label)]
+    if not chosen:
+        raise StmlError(f"{root}: no {split} images found for {name}")
+    paths = [path for path, _ in chosen]
+    labels = np.array([label for _, label in chosen], dtype=np.int64)
+    return ImageSource(f"{name} ({split})", str(root), paths, labels, None, {"split": split})
+
+
+def cub(data_root: Path | None, split: str) -> ImageSource:
+    """CUB-200-2011: classes 1-100 train, 101-200 test."""
+    root = _find_root(data_root, "images.txt", "CUB_200_2011", "cub")
+    images = {r[0]: r[1] for r in _read_table(root / "images.txt")}
+    labels = {r[0]: int(r[1]) for r in _read_table(root / "image_class_labels.txt")}
+    rows = [(root / "images" / rel, labels[i]) for i, rel in images.items()]
+    keep = (lambda c: c <= 100) if split == "train" else (lambda c: c > 100)
+    return _from_rows("cub", root, rows, keep, split)
+
+
+def cars(data_root: Path | None, split: str) -> ImageSource:
+    """Cars-196 with cars_annos.mat: classes 1-98 train, 99-196 test."""
+    from scipy.io import loadmat
+
+    root = _find_root(data_root, "cars_annos.mat", "cars196", "cars")
+    try:
+        annos = loadmat(root / "cars_annos.mat", squeeze_me=True)["annotations"]
+    except (ValueError, KeyError, OSError) as exc:
+        raise StmlError(
+            f"{root / 'cars_annos.mat'}: not a Cars-196 annotation file ({exc})"
+        ) from None
+    rows = [(root / str(a["relative_im_path"]), int(a["class"])) for a in np.atleast_1d(annos)]
+    keep = (lambda c: c <= 98) if split == "train" else (lambda c: c > 98)
+    return _from_rows("cars", root, rows, keep, split)
+
+
+def sop(data_root: Path | None, split: str) -> ImageSource:
+    """Stanford Online Products: Ebay_train.txt / Ebay_test.txt (disjoint classes)."""
+    listing = "Ebay_train.txt" if split == "train" else "Ebay_test.txt"
+    root = _find_root(data_root, listing, "Stanford_Online_Products", "sop")
+    rows = [(root / r[3], int(r[1])) for r in _read_table(root / listing, skip_header=True)]
+    return _from_rows("sop", root, rows, lambda _: True, split)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or plain) as a numpy array (the MNIST family's format)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise StmlError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise StmlError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise StmlError(f"{path}: IDX header says {shape} but holds {body.size} bytes")
+    return body.reshape(shape)
+
+
+def _idx_file(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise StmlError(
+        f"{root}: no {stem}(.gz) (install Debian's dataset-fashion-mnist or give --data-root)"
+    )
+
+
+def fashion_mnist(data_root: Path | None, split: str) -> ImageSource:
+    """Fashion-MNIST: train = classes 0-4 of the training file, test = 5-9 of t10k."""
+    root = data_root or FASHION_MNIST_ROOT
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    keep = labels <= 4 if split == "train" else labels >= 5
+    return ImageSource(
+        f"fashion-mnist ({split})",
+        str(root),
+        np.ascontiguousarray(images[keep]),
+        labels[keep],
+        FASHION_MNIST_CLASSES,
+        {"split": split, "classes_used": "0-4" if split == "train" else "5-9"},
+    )
+
+
+def fashion_mnist_available(data_root: Path | None = None) -> bool:
+    root = data_root or FASHION_MNIST_ROOT
+    return any((root / f"t10k-images-idx3-ubyte{ext}").is_file() for ext in (".gz", ""))
+
+
+def digits(data_root: Path | None, split: str) -> ImageSource:
+    """scikit-learn's bundled 8x8 digits: train = classes 0-4, test = 5-9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    keep = labels <= 4 if split == "train" else labels >= 5
+    return ImageSource(
+        f"digits ({split})",
+        "sklearn.datasets.load_digits",
+        np.ascontiguousarray(images[keep]),
+        labels[keep],
+        [str(d) for d in range(10)],
+        {"split": split, "classes_used": "0-4" if split == "train" else "5-9"},
+    )
+
+
+READERS: dict[str, Callable[[Path | None, str], ImageSource]] = {
+    "cub": cub,
+    "cars": cars,
+    "sop": sop,
+    "fashion-mnist": fashion_mnist,
+    "digits": digits,
+}
+
+
+def resolve_source(
+    data: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    split: str = "train",
+) -> ImageSource:
+    """DATA is an existing folder (or image file) or a known dataset name."""
+    if split not in SPLITS:
+        raise StmlError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+    root = Path(data_root) if data_root is not None else None
+    if Path(data).exists():
+        return folder_source(data)
+    reader = READERS.get(str(data).lower())
+    if reader is None:
+        raise StmlError(
+            f"{data}: neither an existing folder nor a known dataset name ({', '.join(READERS)})"
+        )
+    if root is not None and not root.exists():
+        raise StmlError(f"--data-root {root}: no such folder")
+    return reader(root, split)

@@ -1,0 +1,67 @@
+"""Nearest-neighbour batch construction (DESIGN §7): each batch is `batch_size // neighbours`
+query images, each with its `neighbours` nearest images (itself included) in the student's g
+space, mined over the whole train set once per epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from stml_deploy.errors import StmlError
+
+
+def nearest_neighbour_table(embeddings: np.ndarray, neighbours: int) -> np.ndarray:
+    """[M, neighbours] indices: row i starts with i, then its nearest others (exact L2, faiss)."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    m = x.shape[0]
+    k = min(neighbours + 1, m)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    _, found = index.search(x, k)
+    table = np.empty((m, min(neighbours, m)), dtype=np.int64)
+    for i in range(m):  # put i first even when an exact duplicate ranks level with it
+        others = [j for j in found[i] if j != i and j >= 0]
+        table[i] = ([i, *others])[: table.shape[1]]
+    return table
+
+
+class NeighbourBatchSampler:
+    """Yields batches of (dataset index, augmentation seed) pairs for one epoch at a time.
+
+    Queries of an epoch are drawn without replacement (the reference draws every batch
+    independently, so some images are never queries); the epoch has M // batch_size steps,
+    as in the reference. Everything random derives from (seed, epoch): an epoch can be
+    replayed exactly, which is what makes --resume bit-identical."""
+
+    def __init__(self, table: np.ndarray, batch_size: int, seed: int) -> None:
+        if batch_size < table.shape[1]:
+            raise StmlError(
+                f"--batch-size {batch_size} is smaller than --neighbours {table.shape[1]}"
+            )
+        self.table = table
+        self.queries_per_batch = batch_size // table.shape[1]
+        self.steps = max(1, table.shape[0] // batch_size)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, table: np.ndarray | None = None) -> None:
+        self.epoch = epoch
+        if table is not None:
+            self.table = table
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        m = self.table.shape[0]
+        needed = self.steps * self.queries_per_batch
+        order = np.concatenate([rng.permutation(m) for _ in range(-(-needed // m))])[:needed]
+        for step in range(self.steps):
+            queries = order[step * self.queries_per_batch : (step + 1) * self.queries_per_batch]
+            indices = self.table[queries].reshape(-1)
+            seeds = rng.integers(0, 2**62, size=indices.shape[0])
+            yield [(int(i), int(s)) for i, s in zip(indices, seeds, strict=True)]

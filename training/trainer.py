@@ -1,0 +1,321 @@
+"""The STML training loop (DESIGN §7): per epoch, mine nearest-neighbour batches from the
+student's g embeddings, then for each batch: teacher pseudo labels W, student loss, optimizer
+step, EMA teacher update. After every epoch the package and the resumable state are written."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from stml_deploy.console import info, progress
+from stml_deploy.errors import StmlError
+from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ONNX_DIR, PARITY_DIR, ModelPackage
+from training.config import TrainConfig
+from training.device import autocast_factory, resolve_amp, resolve_device
+from training.embedding import embed_source
+from training.evaluate import retrieval_metrics
+from training.loaders import MultiViewDataset, collate_views, default_workers
+from training.losses import stml_loss
+from training.model import EmbeddingNet, make_teacher
+from training.package_io import build_student, write_package
+from training.sampler import NeighbourBatchSampler, nearest_neighbour_table
+from training.similarity import contextual_similarity
+from training.sources import ImageSource
+from training.state import (
+    STATE_DIR,
+    Progress,
+    load_networks,
+    load_optimization,
+    read_progress,
+    save_state,
+)
+from training.teacher import ema_update
+
+
+@dataclass
+class TrainRequest:
+    cfg: TrainConfig
+    source: ImageSource
+    out: Path
+    name: str | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int | None = None
+    strict: bool = False
+    val_source: ImageSource | None = None
+    stop_after: int | None = None  # epochs to run in this invocation (then resume later)
+    resume: bool = False
+    overwrite: bool = False
+    eval_batch_size: int = 256
+
+
+def _prepare_out(req: TrainRequest) -> None:
+    out = req.out
+    has_package = (out / CONFIG_NAME).exists() or (out / STATE_DIR).exists()
+    if req.resume:
+        return
+    if has_package and not req.overwrite:
+        raise StmlError(
+            f"{out} already holds a model package; continue it with --resume or replace it "
+            "with --overwrite"
+        )
+    if out.exists() and not out.is_dir():
+        raise StmlError(f"--out {out}: exists and is not a folder")
+    if req.overwrite:
+        for sub in (STATE_DIR, ONNX_DIR, PARITY_DIR, ENGINES_DIR):
+            shutil.rmtree(out / sub, ignore_errors=True)
+
+
+def _optimizer(student: EmbeddingNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    from timm.optim import AdamP
+
+    heads = [p for name, p in student.named_parameters() if name.startswith(("f.", "g."))]
+    body = [p for name, p in student.named_parameters() if not name.startswith(("f.", "g."))]
+    groups = [
+        {"params": body, "lr": cfg.lr},
+        {"params": heads, "lr": cfg.effective_head_lr},
+    ]
+    return AdamP(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    # cosine to 0 over the whole run, stepped per iteration
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)),
+    )
+
+
+class Trainer:
+    def __init__(self, req: TrainRequest) -> None:
+        self.req = req
+        self.cfg = req.cfg
+        self.device = resolve_device(req.device)
+        self.amp_dtype = resolve_amp(req.amp, self.device)
+        self.autocast = autocast_factory(self.device, self.amp_dtype)
+        self.workers = default_workers() if req.workers is None else req.workers
+        self.name = req.name or req.out.name
+        self.active = np.arange(len(req.source))  # source indices still in use
+
+    # --- data ---------------------------------------------------------------------------
+    def _active_source(self) -> ImageSource:
+        if len(self.active) == len(self.req.source):
+            return self.req.source
+        return self.req.source.subset(self.active)
+
+    def _mine(self, student: EmbeddingNet, epoch: int) -> np.ndarray:
+        """Nearest-neighbour table over the train set; drops images that cannot be read."""
+        student.eval()
+        source = self._active_source()
+        with self.autocast():
+            embedded = embed_source(
+                student.embed_aux, source, self.spec, self.device, self.req.eval_batch_size,
+                self.workers, self.req.strict, f"epoch {epoch + 1}: mining neighbours",
+            )  # fmt: skip
+        if len(embedded.kept) < len(source):
+            self.active = self.active[embedded.kept]
+        if len(self.active) < 2:
+            raise StmlError(f"{self.req.source.root}: fewer than 2 readable images to train on")
+        return nearest_neighbour_table(embedded.vectors, self.cfg.neighbours)
+
+    def _loader(self, sampler: NeighbourBatchSampler) -> DataLoader:
+        return DataLoader(
+            MultiViewDataset(self._active_source(), self.spec, self.cfg.views),
+            batch_sampler=sampler,
+            collate_fn=collate_views,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _validate(self, student: EmbeddingNet) -> dict[str, float]:
+        val = self.req.val_source
+        assert val is not None and val.labels is not None
+        student.eval()
+        with self.autocast():
+            embedded = embed_source(
+                student.embed, val, self.spec, self.device, self.req.eval_batch_size,
+                self.workers, self.req.strict, "validation",
+            )  # fmt: skip
+        metrics = retrieval_metrics(embedded.vectors, embedded.labels(val), with_nmi=False)
+        return {k: metrics[k] for k in ("recall_at_1", "recall_at_2", "recall_at_4", "map_at_r")}
+
+    # --- the run ------------------------------------------------------------------------
+    def run(self) -> ModelPackage:
+        req, cfg = self.req, self.cfg
+        if req.val_source is not None and req.val_source.labels is None:
+            raise StmlError(
+                f"--val {req.val_source.root}: validation data needs labels (class sub-folders)"
+            )
+        _prepare_out(req)
+        torch.manual_seed(cfg.seed)
+        student, self.spec = build_student(cfg)
+        teacher = make_teacher(student)
+        info(
+            f"training on {req.source.name}: {len(req.source)} images; {cfg.epochs} epochs of {cfg.backbone} on {self.device}"
+        )
+        history: list[dict[str, Any]] = []
+        start_epoch = global_step = 0
+        if req.resume:
+            saved = read_progress(req.out)
+            self._check_resume(saved)
+            load_networks(req.out, student, teacher)
+            history, start_epoch, global_step = saved.history, saved.epochs_done, saved.global_step
+            dropped = set(saved.dropped)
+            self.active = np.array(
+                [i for i in range(len(req.source)) if i not in dropped], dtype=np.int64
+            )
+            if start_epoch >= cfg.epochs:
+                info(f"{req.out}: training already complete ({start_epoch}/{cfg.epochs} epochs)")
+                return ModelPackage.load(req.out)
+            info(f"resuming {req.out} after epoch {start_epoch}/{cfg.epochs}")
+        student.to(self.device)
+        teacher.to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            student.to(memory_format=torch.channels_last)
+            teacher.to(memory_format=torch.channels_last)
+
+        table = self._mine(student, start_epoch)
+        sampler = NeighbourBatchSampler(table, cfg.batch_size, cfg.seed)
+        total_steps = cfg.epochs * len(sampler)
+        optimizer = _optimizer(student, cfg)
+        scheduler = _scheduler(optimizer, cfg, total_steps)
+        if req.resume:
+            load_optimization(req.out, optimizer, scheduler)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        last_epoch = (
+            cfg.epochs if req.stop_after is None else min(cfg.epochs, start_epoch + req.stop_after)
+        )
+        package = None
+        for epoch in range(start_epoch, last_epoch):
+            if epoch > start_epoch:
+                table = self._mine(student, epoch)
+            sampler.set_epoch(epoch, table)
+            started = time.perf_counter()
+            sums = {"total": 0.0, "rc_f": 0.0, "rc_g": 0.0, "kl": 0.0}
+            student.train()
+            try:
+                with progress("loss", transient=False) as bar:
+                    task = bar.add_task(
+                        f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), loss=""
+                    )
+                    for step, (pixels, ids) in enumerate(self._loader(sampler)):
+                        terms = self._step(student, teacher, optimizer, scaler, pixels, ids)
+                        scheduler.step()
+                        global_step += 1
+                        for key, value in terms.items():
+                            sums[key] += value
+                        if not math.isfinite(terms["total"]):
+                            raise StmlError(
+                                f"loss is not finite at epoch {epoch + 1}, step {step + 1}; "
+                                "try a lower --lr (or --amp off)"
+                            )
+                        shown = f"loss {terms['total']:.4f} (rc {terms['rc_f']:.3f}/{terms['rc_g']:.3f} kl {terms['kl']:.4f})"
+                        bar.update(task, advance=1, loss=shown)
+            except KeyboardInterrupt:
+                raise StmlError(
+                    f"interrupted in epoch {epoch + 1}; {req.out} holds the last complete epoch "
+                    f"({epoch}); continue with the same command plus --resume",
+                    exit_code=130,
+                ) from None
+            steps = len(sampler)
+            entry: dict[str, Any] = {
+                "epoch": epoch + 1,
+                **{k: v / steps for k, v in sums.items()},
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            if req.val_source is not None:
+                entry["validation"] = self._validate(student)
+                info(
+                    f"epoch {epoch + 1}: validation "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in entry["validation"].items())
+                )
+            history.append(entry)
+            saved = Progress(
+                epoch + 1, global_step, cfg.to_dict(), req.source.summary(), history,
+                sorted(set(range(len(req.source))) - set(self.active.tolist())),
+            )  # fmt: skip
+            save_state(req.out, student, teacher, optimizer, scheduler, saved)
+            package = self._write_package(student, saved)
+        assert package is not None
+        return package
+
+    def _step(
+        self,
+        student: EmbeddingNet,
+        teacher: EmbeddingNet,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        pixels: torch.Tensor,
+        ids: torch.Tensor,
+    ) -> dict[str, float]:
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        ids = ids.to(self.device)
+        with self.autocast():
+            f, g = student(pixels)
+            with torch.no_grad():
+                _, teacher_g = teacher(pixels)
+        w = contextual_similarity(teacher_g, ids, self.cfg.sigma, self.cfg.topk)
+        terms = stml_loss(f, g, w, self.cfg.delta)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms.total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        ema_update(teacher, student, self.cfg.momentum)
+        return terms.as_floats()
+
+    def _check_resume(self, saved: Progress) -> None:
+        if saved.config != self.cfg.to_dict():
+            diff = sorted(
+                k for k in self.cfg.to_dict() if saved.config.get(k) != self.cfg.to_dict()[k]
+            )
+            raise StmlError(
+                f"{self.req.out}: --resume with different options than the run began with "
+                f"({', '.join(diff)}); drop those options to continue the saved run"
+            )
+        now = self.req.source.summary()
+        if saved.data.get("images") != now.get("images") or saved.data.get("name") != now.get(
+            "name"
+        ):
+            raise StmlError(
+                f"{self.req.out}: the run began on {saved.data.get('name')} "
+                f"({saved.data.get('images')} images), not {now.get('name')} ({now.get('images')})"
+            )
+
+    def _write_package(self, student: EmbeddingNet, saved: Progress) -> ModelPackage:
+        training = {
+            "method": "STML (Self-Taught Metric Learning, Kim et al., CVPR 2022)",
+            "hyperparameters": self.cfg.to_dict(),
+            "data": saved.data,
+            "epochs_done": saved.epochs_done,
+            "complete": saved.epochs_done >= self.cfg.epochs,
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "history": saved.history,
+        }
+        metrics = {}
+        if saved.history and "validation" in saved.history[-1]:
+            metrics["validation"] = saved.history[-1]["validation"]
+        return write_package(
+            self.req.out, student, self.cfg, self.spec, self.name, training, metrics
+        )
+
+
+def train(req: TrainRequest) -> ModelPackage:
+    return Trainer(req).run()
