@@ -263,6 +263,118 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     stdout.print(table)
 
 
+# --- export --------------------------------------------------------------------------------
+@app.command()
+def export(
+    package: Annotated[str, typer.Argument(help="Model package folder.")],
+    format: Annotated[str, typer.Option("--format", help="onnx | trt.")] = "onnx",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="onnx: comma list of fp32,fp16,int8 [default: all three]; trt: one of them [default: fp16]."
+        ),
+    ] = None,
+    int8_target: Annotated[
+        str,
+        typer.Option(
+            help="int8 flavour: cpu (uint8 activations, fast on x86) | tensorrt (symmetric int8)."
+        ),
+    ] = "cpu",
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            help="Calibration images for int8 (folder or dataset name) [default: the package's training data]."
+        ),
+    ] = None,
+    calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 256,
+    parity_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Real images for the parity checks [default: the package's training data]."
+        ),
+    ] = None,
+    parity_size: Annotated[
+        int, typer.Option(help="Images for the retrieval-level parity check.")
+    ] = 500,
+    data_root: DataRoot = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(help="Largest batch the ONNX graph accepts (its batch dimension is dynamic)."),
+    ] = 256,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset: 18-20 (TensorRT 10.3 on JetPack 6 parses up to 20).")
+    ] = 18,
+    keep_failed: Annotated[
+        bool, typer.Option(help="Keep an artifact that failed parity, renamed *.failed.")
+    ] = False,
+    batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = "1,8,32",
+    workspace: Annotated[float, typer.Option(help="trt: builder workspace limit in GiB.")] = 2.0,
+) -> None:
+    """Export a package to ONNX (fp32/fp16/int8) or build a TensorRT engine, with parity checks."""
+    if format == "onnx":
+        from export.onnx_pipeline import OnnxExportRequest, export_package_onnx, parse_precisions
+
+        request = OnnxExportRequest(
+            package=package, precisions=parse_precisions(precision or "fp32,fp16,int8"),
+            int8_target=int8_target, calib=calib, calib_size=calib_size, parity_data=parity_data,
+            parity_size=parity_size, data_root=str(data_root) if data_root else None,
+            max_batch=max_batch, opset=opset, keep_failed=keep_failed,
+        )  # fmt: skip
+        outcome = export_package_onnx(request)
+        _print_parity(outcome.entries)
+        if outcome.failures:
+            raise StmlError("parity failed: " + "; ".join(outcome.failures))
+        stdout.print(f"wrote {', '.join(outcome.written)} in {outcome.package.root}")
+    elif format == "trt":
+        from export.tensorrt_build import EngineRequest, build_engine_with_parity
+
+        entry = build_engine_with_parity(
+            EngineRequest(package, precision or "fp16", batch, workspace)
+        )
+        _print_parity([entry])
+        if not entry["passed"]:
+            raise StmlError("parity failed: " + "; ".join(entry["failures"]))
+    else:
+        raise StmlError(f"unknown --format {format!r}; one of onnx, trt")
+
+
+def _print_parity(entries: list[dict[str, Any]]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title="parity against torch fp32",
+        box=box.SIMPLE,
+        pad_edge=False,
+        caption="max err and cosines: golden real images; top-10 and R@1: parity images",
+    )
+    for column in (
+        "artifact",
+        "runtime",
+        "max err",
+        "cos min",
+        "cos mean",
+        "top-10",
+        "R@1 drop",
+        "ok",
+    ):
+        table.add_column(
+            column,
+            justify="left" if column in ("artifact", "runtime", "ok") else "right",
+            no_wrap=True,
+        )
+    for e in entries:
+        real, retrieval = e["tensor"]["real"], e["retrieval"]
+        drop = retrieval.get("recall_at_1_drop")
+        table.add_row(
+            e["artifact"].rsplit("/", 1)[-1], e["runtime"].replace("onnxruntime", "ORT"),
+            f"{real['max_abs_error']:.1e}", f"{real['cosine_min']:.5f}", f"{real['cosine_mean']:.5f}",
+            f"{retrieval['top10_overlap']:.3f}", "-" if drop is None else f"{100 * drop:+.1f}pt",
+            "yes" if e["passed"] else "FAIL",
+        )  # fmt: skip
+    stdout.print(table)
+
+
 # --- demo ----------------------------------------------------------------------------------
 @app.command()
 def demo(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,8 +14,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# Logs and pipes get 120 columns (rich's default of 80 truncates tables); terminals their own.
+stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def warn(message: str) -> None:

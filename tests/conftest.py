@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = [
     "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--resize", "32",
     "--embedding-dim", "16", "--aux-dim", "32", "--batch-size", "40", "--neighbours", "4",
-    "--lr", "1e-3", "--momentum", "0.9", "--workers", "0",
+    "--lr", "3e-3", "--momentum", "0.9", "--workers", "0",
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -174,12 +175,30 @@ def resolve_source(
         raise StmlError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
     root = Path(data_root) if data_root is not None else None
     if Path(data).exists():
-        return folder_source(data)
-    reader = READERS.get(str(data).lower())
-    if reader is None:
-        raise StmlError(
-            f"{data}: neither an existing folder nor a known dataset name ({', '.join(READERS)})"
-        )
-    if root is not None and not root.exists():
-        raise StmlError(f"--data-root {root}: no such folder")
-    return reader(root, split)
+        source = folder_source(data)
+        ref = {"data": str(Path(data).resolve()), "data_root": None, "split": split}
+    else:
+        reader = READERS.get(str(data).lower())
+        if reader is None:
+            raise StmlError(
+                f"{data}: neither an existing folder nor a known dataset name ({', '.join(READERS)})"
+            )
+        if root is not None and not root.exists():
+            raise StmlError(f"--data-root {root}: no such folder")
+        source = reader(root, split)
+        ref = {
+            "data": str(data).lower(),
+            "data_root": str(root.resolve()) if root is not None else None,
+            "split": split,
+        }
+    source.description["ref"] = ref
+    return source
+
+
+def resolve_ref(ref: dict[str, Any], split: str | None = None) -> ImageSource:
+    """Re-open the data a package was trained on (as recorded in config.json), e.g. as the
+    default calibration set; `split` overrides the recorded split of a named dataset."""
+    try:
+        return resolve_source(ref["data"], ref.get("data_root"), split or ref.get("split", "train"))
+    except (StmlError, KeyError) as exc:
+        raise StmlError(f"the package's training data is not reachable here ({exc})") from None

@@ -1,0 +1,295 @@
+"""`stml export --format onnx`: write the requested ONNX variants of a package, each checked
+for parity against the torch fp32 model before it takes its final name (DESIGN §3, §4)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.golden import golden_inputs, preprocess_source, save_golden
+from export.onnx_export import DEFAULT_OPSET, check_export_options, export_onnx, onnx_metadata
+from export.parity import compare
+from export.quantize import INT8_TARGETS, quantize_int8
+from export.report import cpu_name, record
+from stml_deploy import onnx_runtime
+from stml_deploy.console import info, warn
+from stml_deploy.errors import StmlError
+from stml_deploy.package import (
+    ONNX_DIR,
+    PARITY_DIR,
+    PRECISIONS,
+    WEIGHTS_NAME,
+    ModelPackage,
+    onnx_name,
+)
+from training.model import EmbeddingNet
+from training.named_datasets import resolve_ref, resolve_source
+from training.package_io import load_student
+from training.sources import ImageSource
+
+GOLDEN_NAME = f"{PARITY_DIR}/golden.npz"
+
+
+@dataclass
+class OnnxExportRequest:
+    package: str
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    int8_target: str = "cpu"
+    calib: str | None = None
+    calib_size: int = 256
+    parity_data: str | None = None
+    parity_size: int = 500
+    data_root: str | None = None
+    max_batch: int = 256
+    opset: int = DEFAULT_OPSET
+    keep_failed: bool = False
+    golden_real: int = 32
+    golden_random: int = 8
+
+
+@dataclass
+class ExportOutcome:
+    package: ModelPackage
+    entries: list[dict[str, Any]]
+    written: list[str]
+    failures: list[str]
+
+
+def parse_precisions(text: str) -> list[str]:
+    wanted = [p.strip().lower() for p in text.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PRECISIONS]
+    if unknown or not wanted:
+        raise StmlError(
+            f"unknown precision {', '.join(unknown) or text!r}; choose from {', '.join(PRECISIONS)}"
+        )
+    return [p for p in PRECISIONS if p in wanted]  # fp32 first: the others derive from it
+
+
+def _data_source(
+    arg: str | None, data_root: str | None, package: ModelPackage, split: str, option: str
+) -> ImageSource:
+    """Images given with --<option>, else the data the package was trained on."""
+    if arg is not None:
+        return resolve_source(arg, data_root, split)
+    ref = package.config.get("training", {}).get("data", {}).get("ref")
+    if not ref:
+        raise StmlError(
+            f"--{option} DATA is needed: the package records no training data to default to"
+        )
+    try:
+        return resolve_ref(ref)
+    except StmlError as exc:
+        raise StmlError(f"{exc}; give --{option} DATA") from None
+
+
+@torch.inference_mode()
+def _torch_embed(net: EmbeddingNet, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate(
+        [
+            net.embed(torch.from_numpy(pixels[i : i + batch])).numpy()
+            for i in range(0, len(pixels), batch)
+        ]
+    )
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+class OnnxExporter:
+    def __init__(self, req: OnnxExportRequest) -> None:
+        if req.int8_target not in INT8_TARGETS:
+            raise StmlError(
+                f"unknown --int8-target {req.int8_target!r}; one of {', '.join(INT8_TARGETS)}"
+            )
+        if req.calib_size < 1 or req.parity_size < 2:
+            raise StmlError("--calib-size must be >= 1 and --parity-size >= 2")
+        check_export_options(req.opset, req.max_batch)
+        self.req = req
+        self.package = self._open_package(req)
+        self.spec = self.package.preprocessing
+        self.net = load_student(self.package, "cpu")
+
+    @staticmethod
+    def _open_package(req: OnnxExportRequest) -> ModelPackage:
+        """The weights must verify; derived artifacts that this export rewrites may be missing
+        or stale, others that went missing are dropped from config.json with a warning."""
+        package = ModelPackage.load(req.package, verify=False)
+        package.verify(only=[WEIGHTS_NAME])
+        rewritten = {onnx_name(p) for p in req.precisions} | {GOLDEN_NAME}
+        for rel in [r for r in package.artifacts if r != WEIGHTS_NAME]:
+            if rel in rewritten:
+                continue
+            if not package.path(rel).is_file():
+                warn(
+                    f"{package.path(rel)} is listed in config.json but missing; dropping it from the record"
+                )
+                package.forget_artifact(rel)
+            else:
+                package.verify(only=[rel])
+        return package
+
+    def run(self) -> ExportOutcome:
+        req, package = self.req, self.package
+        if "int8" in req.precisions:  # fail on missing calibration data before any work
+            calibration = self._calibration_pixels()
+        info("parity images: preprocessing and torch fp32 reference")
+        parity_source = _data_source(req.parity_data, req.data_root, package, "test", "parity-data")
+        parity = preprocess_source(parity_source, self.spec, req.parity_size, seed=1)
+        parity_ref = _torch_embed(self.net, parity.pixels)
+        golden_pixels, golden_kind = golden_inputs(
+            parity.pixels, req.golden_real, req.golden_random
+        )
+        golden_ref = _torch_embed(self.net, golden_pixels)
+        (package.root / ONNX_DIR).mkdir(exist_ok=True)
+        save_golden(
+            package.path(GOLDEN_NAME),
+            golden_pixels,
+            golden_kind,
+            golden_ref,
+            package.weights_sha256,
+        )
+        package.record_artifact(
+            GOLDEN_NAME,
+            kind="golden",
+            real=int((golden_kind == 0).sum()),
+            random=int((golden_kind == 1).sum()),
+        )
+
+        entries, written, failures = [], [], []
+        fp32_source = (
+            package.onnx_path("fp32")
+            if onnx_name("fp32") in package.artifacts and "fp32" not in req.precisions
+            else None
+        )
+        for precision in req.precisions:
+            final = package.path(onnx_name(precision))
+            tmp = _temp_beside(final)
+            try:
+                info(f"{onnx_name(precision)}: exporting")
+                extra = self._build(
+                    precision, tmp, fp32_source, calibration if precision == "int8" else None
+                )
+                session = onnx_runtime.create_session(tmp)
+                info(f"{onnx_name(precision)}: parity on ONNX Runtime CPU")
+                result = compare(
+                    precision,
+                    onnx_runtime.run_batches(session, golden_pixels),
+                    golden_ref,
+                    golden_kind,
+                    onnx_runtime.run_batches(session, parity.pixels),
+                    parity_ref,
+                    parity.labels,
+                )
+                entry = {
+                    "artifact": onnx_name(precision),
+                    "precision": precision,
+                    "runtime": f"onnxruntime {onnx_runtime.version()}",
+                    "provider": onnx_runtime.CPU,
+                    "device": f"cpu: {cpu_name()}",
+                    "reference": "torch fp32 (model.safetensors)",
+                    "parity_data": parity_source.name,
+                    **{k: v for k, v in extra.items() if k == "int8_target"},
+                    **result,
+                }
+                if result["passed"]:
+                    os.replace(tmp, final)
+                    package.record_artifact(
+                        onnx_name(precision),
+                        kind="onnx",
+                        precision=precision,
+                        opset=req.opset,
+                        **extra,
+                    )
+                    entry["sha256"] = package.artifacts[onnx_name(precision)]["sha256"]
+                    written.append(onnx_name(precision))
+                    if precision == "fp32":
+                        fp32_source = final
+                else:
+                    package.forget_artifact(onnx_name(precision))
+                    if req.keep_failed:
+                        os.replace(tmp, final.with_name(final.name + ".failed"))
+                    failures += [f"{onnx_name(precision)}: {f}" for f in result["failures"]]
+                entries.append(entry)
+            finally:
+                tmp.unlink(missing_ok=True)
+        record(package, entries)
+        return ExportOutcome(package, entries, written, failures)
+
+    def _build(
+        self, precision: str, tmp: Path, fp32_source: Path | None, calibration: np.ndarray | None
+    ) -> dict[str, Any]:
+        req = self.req
+        if precision in ("fp32", "fp16"):
+            dtype = torch.float32 if precision == "fp32" else torch.float16
+            net = copy.deepcopy(self.net)
+            export_onnx(
+                net,
+                tmp,
+                self.spec.image_size,
+                onnx_metadata(self.package, precision),
+                dtype,
+                req.opset,
+                req.max_batch,
+            )
+            return {}
+        base = fp32_source
+        scratch = None
+        if base is None:  # int8 alone: quantize from a temporary fp32 export
+            scratch = base = _temp_beside(self.package.path(onnx_name("fp32")))
+            export_onnx(
+                copy.deepcopy(self.net),
+                base,
+                self.spec.image_size,
+                onnx_metadata(self.package, "fp32"),
+                torch.float32,
+                req.opset,
+                req.max_batch,
+            )
+        try:
+            info(
+                f"{onnx_name('int8')}: calibrating on {len(calibration)} images ({req.int8_target} target)"
+            )
+            details = quantize_int8(base, tmp, calibration, req.int8_target)
+        finally:
+            if scratch is not None:
+                scratch.unlink(missing_ok=True)
+        self._stamp_metadata(
+            tmp, onnx_metadata(self.package, "int8", {"int8_target": req.int8_target})
+        )
+        return details
+
+    def _calibration_pixels(self) -> np.ndarray:
+        req = self.req
+        source = _data_source(req.calib, req.data_root, self.package, "train", "calib")
+        found = preprocess_source(source, self.spec, req.calib_size, seed=2)
+        if len(found.pixels) < req.calib_size:
+            raise StmlError(
+                f"{source.root}: only {len(found.pixels)} readable calibration images, "
+                f"--calib-size asks for {req.calib_size} (lower it or give more images with --calib)"
+            )
+        return found.pixels
+
+    @staticmethod
+    def _stamp_metadata(path: Path, meta: dict[str, str]) -> None:
+        import onnx
+
+        model = onnx.load(str(path))
+        existing = {p.key: p for p in model.metadata_props}
+        for key, value in meta.items():
+            if key in existing:
+                existing[key].value = value
+            else:
+                model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(path))
+
+
+def export_package_onnx(req: OnnxExportRequest) -> ExportOutcome:
+    return OnnxExporter(req).run()

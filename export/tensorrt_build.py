@@ -1,0 +1,223 @@
+"""`stml export --format trt`: build a TensorRT engine from the package's ONNX variant on the
+device that will run it, cache it by (onnx sha, compute capability, TensorRT version,
+precision, batch profile), and check its parity against parity/golden.npz. No torch needed.
+
+One code path for TensorRT 10.3 (JetPack 6) and 11.x: a strongly typed network, so precision
+comes from the ONNX variant (fp16 casts, int8 Q/DQ) and no builder precision flag or
+calibrator (both removed in 11) is used. Written to the documented API; NOT run on a GPU here
+(the development machines have none), its tests are marked `gpu`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export.golden import load_golden
+from export.parity import compare
+from export.report import record
+from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
+from stml_deploy.console import info
+from stml_deploy.cuda_device import CudaDevice, current_device
+from stml_deploy.errors import StmlError
+from stml_deploy.package import (
+    ENGINES_DIR,
+    PARITY_DIR,
+    PRECISIONS,
+    ModelPackage,
+    onnx_name,
+    sha256_file,
+)
+from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
+
+GOLDEN_NAME = f"{PARITY_DIR}/golden.npz"
+
+
+@dataclass
+class EngineRequest:
+    package: str
+    precision: str = "fp16"
+    batch: str = "1,8,32"
+    workspace_gib: float = 2.0
+
+
+def parse_batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise StmlError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,8,32") from None
+    if len(values) != 3 or min(values) < 1:
+        raise StmlError(f"--batch {text!r}: expected three positive integers MIN,OPT,MAX")
+    low, opt, high = values
+    if not low <= opt <= high:
+        raise StmlError(f"--batch {text!r}: needs MIN <= OPT <= MAX")
+    return low, opt, high
+
+
+def engine_key(
+    onnx_sha: str,
+    device: CudaDevice,
+    trt_version: str,
+    precision: str,
+    profile: tuple[int, int, int],
+) -> dict[str, Any]:
+    return {
+        "onnx_sha256": onnx_sha,
+        "compute_capability": f"{device.major}.{device.minor}",
+        "tensorrt_version": trt_version,
+        "precision": precision,
+        "batch_profile": list(profile),
+    }
+
+
+def engine_file_name(key: dict[str, Any]) -> str:
+    sm = "sm" + key["compute_capability"].replace(".", "")
+    low, opt, high = key["batch_profile"]
+    return f"{key['onnx_sha256'][:12]}-{sm}-trt{key['tensorrt_version']}-{key['precision']}-b{low}_{opt}_{high}.engine"
+
+
+def cached_engine_problem(engine: Path, key: dict[str, Any]) -> str | None:
+    """Why the cached engine cannot be reused (None: its sidecar matches the key and the
+    engine file is the one the sidecar describes). Deserialization is checked by the caller."""
+    sidecar = engine.with_suffix(".json")
+    if not engine.is_file():
+        return "no engine built yet for this key"
+    if not sidecar.is_file():
+        return "the engine has no metadata sidecar"
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "its sidecar is not valid JSON"
+    differs = [k for k, v in key.items() if meta.get("key", {}).get(k) != v]
+    if differs:
+        return f"it was built for a different {', '.join(differs)}"
+    if meta.get("engine_sha256") != sha256_file(engine):
+        return "the engine file does not match its sidecar (damaged or replaced)"
+    return None
+
+
+def _onnx_for(package: ModelPackage, precision: str) -> Path:
+    if precision not in PRECISIONS:
+        raise StmlError(
+            f"unknown precision {precision!r} for --format trt; one of {', '.join(PRECISIONS)}"
+        )
+    path = package.onnx_path(precision)
+    meta = package.artifacts[onnx_name(precision)]
+    if precision == "int8" and meta.get("int8_target") != "tensorrt":
+        raise StmlError(
+            f"{path} was quantized for the CPU (uint8 activations), which TensorRT cannot parse; "
+            "re-export with: stml export PACKAGE --format onnx --precision int8 --int8-target tensorrt"
+        )
+    package.verify(only=[onnx_name(precision)])
+    return path
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    timing_cache: Path,
+    precision: str,
+    profile: tuple[int, int, int],
+    workspace_gib: float,
+) -> None:
+    trt = tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # strongly typed: layer precisions follow the ONNX types (ignored, always on, in TRT 11)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise StmlError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if precision == "fp32" and tf32 is not None:
+        config.clear_flag(tf32)  # TF32 (10-bit mantissa) would break fp32 parity
+    tensor = network.get_input(0)
+    item = tuple(tensor.shape)[1:]
+    low, opt, high = profile
+    shapes = builder.create_optimization_profile()
+    shapes.set_shape(tensor.name, (low, *item), (opt, *item), (high, *item))
+    config.add_optimization_profile(shapes)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise StmlError(f"{onnx_path}: TensorRT could not build an engine (its messages are above)")
+    atomic_write_bytes(engine_path, bytes(plan))
+    atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+
+
+def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
+    """Build (or reuse) the engine, check it against the golden set, record the result."""
+    profile = parse_batch_profile(req.batch)
+    if req.workspace_gib <= 0:
+        raise StmlError("--workspace must be positive (GiB)")
+    package = ModelPackage.load(req.package, verify=False)
+    onnx_path = _onnx_for(package, req.precision)
+    package.verify(only=[GOLDEN_NAME] if GOLDEN_NAME in package.artifacts else [])
+    golden = load_golden(package.path(GOLDEN_NAME))
+    trt = tensorrt()  # missing TensorRT or GPU: exit 2 with where to run instead
+    device = current_device()
+    key = engine_key(
+        package.artifacts[onnx_name(req.precision)]["sha256"],
+        device,
+        trt.__version__,
+        req.precision,
+        profile,
+    )
+    engines = package.root / ENGINES_DIR
+    engines.mkdir(exist_ok=True)
+    engine_path = engines / engine_file_name(key)
+    problem = cached_engine_problem(engine_path, key)
+    runner = None
+    if problem is None:
+        try:
+            runner = TrtEngineRunner(engine_path)
+            info(f"reusing {engine_path}")
+        except StmlError as exc:
+            problem = str(exc)
+    if runner is None:
+        info(f"building {engine_path.name} ({problem}); this takes minutes on a Jetson")
+        started = time.perf_counter()
+        timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
+        build_engine(
+            onnx_path, engine_path, timing_cache, req.precision, profile, req.workspace_gib
+        )
+        atomic_write_json(
+            engine_path.with_suffix(".json"),
+            {
+                "key": key,
+                "engine_sha256": sha256_file(engine_path),
+                "onnx_artifact": onnx_name(req.precision),
+                "gpu": device.name,
+                "workspace_gib": req.workspace_gib,
+                "build_seconds": round(time.perf_counter() - started, 1),
+            },
+        )
+        runner = TrtEngineRunner(engine_path)
+    try:
+        if str(golden["weights_sha256"]) != package.weights_sha256:
+            raise StmlError(
+                f"{package.path(GOLDEN_NAME)} belongs to other weights; re-run stml export --format onnx"
+            )
+        out = runner.run(golden["pixels"])
+    finally:
+        runner.close()
+    result = compare(req.precision, out, golden["embedding"], golden["kind"])
+    entry = {
+        "artifact": f"{ENGINES_DIR}/{engine_path.name}",
+        "precision": req.precision,
+        "runtime": f"tensorrt {trt.__version__}",
+        "provider": "TensorRT",
+        "device": f"{device.name} ({device.sm})",
+        "reference": "torch fp32 (golden set)",
+        "parity_data": "golden set (real images)",
+        **result,
+    }
+    record(package, [entry])
+    return entry

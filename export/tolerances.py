@@ -1,0 +1,45 @@
+"""Parity tolerances, one place for all (DESIGN §4). Tensor metrics are against torch fp32 on
+the golden set's real images; retrieval metrics on the parity images. Random-input metrics
+are reported, and checked with the same tolerances only for fp32 and fp16 (int8 scales are
+calibrated on real images, so noise images are outside their range by design)."""
+
+from __future__ import annotations
+
+AT_MOST, AT_LEAST = "<=", ">="
+TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
+    "fp32": {
+        "max_abs_error": (AT_MOST, 1e-4),
+        "cosine_min": (AT_LEAST, 0.99999),
+        "top10_overlap": (AT_LEAST, 0.99),
+        "recall_at_1_drop": (AT_MOST, 0.002),
+    },
+    "fp16": {
+        "max_abs_error": (AT_MOST, 1e-2),
+        "cosine_min": (AT_LEAST, 0.9995),
+        "top10_overlap": (AT_LEAST, 0.95),
+        "recall_at_1_drop": (AT_MOST, 0.005),
+    },
+    "int8": {
+        "cosine_min": (AT_LEAST, 0.95),
+        "cosine_mean": (AT_LEAST, 0.98),
+        "top10_overlap": (AT_LEAST, 0.80),
+        "recall_at_1_drop": (AT_MOST, 0.01),
+    },
+}
+CHECK_RANDOM = {"fp32": True, "fp16": True, "int8": False}
+
+
+def violations(precision: str, measured: dict[str, float], scope: str) -> list[str]:
+    """'scope metric = value, tolerance op bound' for every tolerance `measured` breaks."""
+    out = []
+    for metric, (op, bound) in TOLERANCES[precision].items():
+        if metric not in measured:
+            continue
+        value = measured[metric]
+        if (value > bound) if op == AT_MOST else (value < bound):
+            out.append(f"{scope} {metric} = {value:.6g} (tolerance {op} {bound:g})")
+    return out
+
+
+def as_json() -> dict[str, dict[str, str]]:
+    return {p: {m: f"{op} {b:g}" for m, (op, b) in t.items()} for p, t in TOLERANCES.items()}

@@ -1,0 +1,168 @@
+"""Running a TensorRT engine (TensorRT 10.x / 11.x Python API): deserialize, one execution
+context, device buffers sized for the profile's largest batch, execute_async_v3 on a stream.
+Buffers come from cuda-python, or from torch when only torch is present.
+
+Written to the documented TensorRT and cuda-python APIs; NOT run on a GPU here (the
+development machines have none). Its tests are marked `gpu`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stml_deploy.cuda_device import WHERE, check, cudart
+from stml_deploy.errors import MissingDependencyError, StmlError
+
+
+def tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependencyError(
+            "TensorRT is not installed here (import tensorrt failed): TensorRT engines are built "
+            f"and run on the GPU machine itself; {WHERE}. On a Jetson TensorRT comes from "
+            "JetPack's python3-libnvinfer (a venv needs --system-site-packages)"
+        ) from None
+    return trt
+
+
+class _CudaPythonBuffers:
+    """Device memory and a stream from cuda-python."""
+
+    def __init__(self) -> None:
+        self.rt = cudart()
+        self.stream = check(self.rt.cudaStreamCreate())
+        self.allocations: list[int] = []
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = check(self.rt.cudaMalloc(nbytes))
+        self.allocations.append(ptr)
+        return int(ptr)
+
+    def to_device(self, ptr: int, host: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        check(self.rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream))
+
+    def to_host(self, host: np.ndarray, ptr: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(self.rt.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self.stream))
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream)
+
+    def synchronize(self) -> None:
+        check(self.rt.cudaStreamSynchronize(self.stream))
+
+    def close(self) -> None:
+        for ptr in self.allocations:
+            self.rt.cudaFree(ptr)
+        self.allocations.clear()
+        self.rt.cudaStreamDestroy(self.stream)
+
+
+class _TorchBuffers:
+    """The same with torch CUDA tensors (when cuda-python is missing and torch is present)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+        self.tensors: dict[int, Any] = {}
+
+    def alloc(self, nbytes: int) -> int:
+        tensor = self.torch.empty(nbytes, dtype=self.torch.uint8, device="cuda")
+        self.tensors[tensor.data_ptr()] = tensor
+        return tensor.data_ptr()
+
+    def to_device(self, ptr: int, host: np.ndarray) -> None:
+        with self.torch.cuda.stream(self.stream):
+            src = self.torch.from_numpy(host.reshape(-1).view(np.uint8))
+            self.tensors[ptr][: host.nbytes].copy_(src, non_blocking=False)
+
+    def to_host(self, host: np.ndarray, ptr: int) -> None:
+        self.stream.synchronize()
+        data = self.tensors[ptr][: host.nbytes].cpu().numpy()
+        host.reshape(-1).view(np.uint8)[:] = data
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream.cuda_stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.tensors.clear()
+
+
+def _buffers() -> Any:
+    if cudart() is not None:
+        return _CudaPythonBuffers()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return _TorchBuffers()
+    except ImportError:
+        pass
+    raise MissingDependencyError(
+        f"cuda-python is needed to run TensorRT engines: pip install cuda-python; {WHERE}"
+    )
+
+
+class TrtEngineRunner:
+    """uint8 pixels [N, 3, H, W] -> float32 embeddings [N, dim] through one engine."""
+
+    def __init__(self, engine_path: Path) -> None:
+        trt = tensorrt()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:  # TensorRT returns None for a version or device mismatch
+            raise StmlError(
+                f"{engine_path}: TensorRT could not deserialize this engine (built for another GPU or TensorRT version)"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise StmlError(
+                f"{engine_path}: expected one input and one output, found {inputs} -> {outputs}"
+            )
+        self.input, self.output = inputs[0], outputs[0]
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input, 0)
+        self.max_batch = int(max_shape[0])
+        self.item_shape = tuple(int(d) for d in max_shape[1:])
+        self.dim = int(self.engine.get_tensor_shape(self.output)[-1])
+        self.buffers = _buffers()
+        in_bytes = self.max_batch * int(np.prod(self.item_shape))  # uint8
+        self.input_ptr = self.buffers.alloc(in_bytes)
+        self.output_ptr = self.buffers.alloc(self.max_batch * self.dim * 4)  # float32
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.dtype != np.uint8 or tuple(pixels.shape[1:]) != self.item_shape:
+            raise StmlError(
+                f"engine expects uint8 [N, {', '.join(map(str, self.item_shape))}], got {pixels.dtype} {list(pixels.shape)}"
+            )
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), self.max_batch):
+            chunk = np.ascontiguousarray(pixels[start : start + self.max_batch])
+            result = np.empty((len(chunk), self.dim), dtype=np.float32)
+            self.context.set_input_shape(self.input, chunk.shape)
+            self.context.set_tensor_address(self.input, self.input_ptr)
+            self.context.set_tensor_address(self.output, self.output_ptr)
+            self.buffers.to_device(self.input_ptr, chunk)
+            if not self.context.execute_async_v3(self.buffers.stream_handle):
+                raise StmlError("TensorRT execution failed (execute_async_v3 returned False)")
+            self.buffers.to_host(result, self.output_ptr)
+            self.buffers.synchronize()
+            out[start : start + len(chunk)] = result
+        return out
+
+    def close(self) -> None:
+        self.buffers.close()

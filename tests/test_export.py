@@ -1,0 +1,262 @@
+"""`stml export --format onnx`: the graph contract, the variants, parity and its report, and
+nothing partial on failure; `--format trt` fails fast without TensorRT / GPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from stml_deploy import onnx_runtime
+from stml_deploy.package import ModelPackage, sha256_file
+from tests.conftest import TINY_TRAIN, run_cli
+
+pytestmark = pytest.mark.slow
+EXPORT_DATA = ["--calib", "digits", "--calib-size", "64", "--parity-data", "digits", "--parity-size", "400"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "pkg"
+    result = run_cli(
+        "train", "digits", "--max-images", "240", "--out", str(out), "--epochs", "4", *TINY_TRAIN
+    )
+    assert result.code == 0, result.err
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "pkg"
+    shutil.copytree(trained, out)
+    result = run_cli("export", str(out), "--format", "onnx", *EXPORT_DATA)
+    assert result.code == 0, result.err + result.out
+    return out
+
+
+def copy_of(package: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "pkg"
+    shutil.copytree(package, dest)
+    return dest
+
+
+def test_artifacts_are_recorded_with_hashes(exported: Path) -> None:
+    package = ModelPackage.load(exported)  # every hash verifies
+    for rel in (
+        "onnx/model.onnx",
+        "onnx/model.fp16.onnx",
+        "onnx/model.int8.onnx",
+        "parity/golden.npz",
+    ):
+        assert package.artifacts[rel]["sha256"] == sha256_file(exported / rel)
+    assert package.artifacts["onnx/model.int8.onnx"]["int8_target"] == "cpu"
+    leftovers = [
+        p.name
+        for p in (exported / "onnx").iterdir()
+        if p.name.startswith(".") or p.suffix != ".onnx"
+    ]
+    assert leftovers == []  # no temporaries, no external-data files
+
+
+def test_graph_contract(exported: Path) -> None:
+    config = json.loads((exported / "config.json").read_text())
+    for rel in ("onnx/model.onnx", "onnx/model.fp16.onnx", "onnx/model.int8.onnx"):
+        model = onnx.load(str(exported / rel))
+        onnx.checker.check_model(model, full_check=True)
+        assert all(not init.external_data for init in model.graph.initializer)  # one file
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        assert 18 <= opset <= 20
+        (inp,), (out,) = model.graph.input, model.graph.output
+        assert inp.name == "pixels" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+        assert out.name == "embedding" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(meta["stml.preprocessing"]) == config["preprocessing"]
+        assert meta["stml.weights_sha256"] == config["artifacts"]["model.safetensors"]["sha256"]
+        session = onnx_runtime.create_session(exported / rel)
+        for batch in (1, 7):  # dynamic batch
+            pixels = np.random.default_rng(batch).integers(
+                0, 256, (batch, 3, 32, 32), dtype=np.uint8
+            )
+            emb = session.run(None, {"pixels": pixels})[0]
+            assert emb.shape == (batch, 16) and emb.dtype == np.float32
+            assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+
+
+def _input_types(model: onnx.ModelProto, op_type: str) -> list[int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    return [types.get(n.input[0]) for n in inferred.graph.node if n.op_type == op_type]
+
+
+def test_fp16_computes_in_fp16_and_normalizes_in_fp32(exported: Path) -> None:
+    model = onnx.load(str(exported / "onnx/model.fp16.onnx"))
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    types = {i.name: i.data_type for i in model.graph.initializer if i.name in conv_weights}
+    assert types and set(types.values()) == {onnx.TensorProto.FLOAT16}
+    assert _input_types(model, "ReduceL2") == [onnx.TensorProto.FLOAT]
+
+
+def test_int8_keeps_the_normalize_in_float(exported: Path) -> None:
+    model = onnx.load(str(exported / "onnx/model.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 3 and ops.count("DequantizeLinear") > 3
+    producers = {o: n for n in model.graph.node for o in n.output}
+    reduce_l2 = next(n for n in model.graph.node if n.op_type == "ReduceL2")
+    assert producers[reduce_l2.input[0]].op_type != "DequantizeLinear"
+    zero_points = {i.name: i for i in model.graph.initializer}
+    activation_zp = [
+        zero_points[n.input[2]]
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
+    assert {zp.data_type for zp in activation_zp} == {
+        onnx.TensorProto.UINT8
+    }  # cpu target: uint8 activations
+
+
+def test_report_and_golden_set(exported: Path) -> None:
+    report = json.loads((exported / "parity/report.json").read_text())["results"]
+    assert {e["artifact"] for e in report} == {
+        "onnx/model.onnx",
+        "onnx/model.fp16.onnx",
+        "onnx/model.int8.onnx",
+    }
+    for entry in report:
+        assert entry["passed"] and entry["failures"] == []
+        assert entry["runtime"].startswith("onnxruntime ") and entry["retrieval"]["images"] == 400
+        assert "recall_at_1_drop" in entry["retrieval"]  # digits are labelled
+    fp32 = next(e for e in report if e["precision"] == "fp32")
+    assert (
+        fp32["tensor"]["real"]["max_abs_error"] <= 1e-4
+        and fp32["retrieval"]["top10_overlap"] >= 0.99
+    )
+    with np.load(exported / "parity/golden.npz") as golden:
+        assert golden["pixels"].dtype == np.uint8 and golden["pixels"].shape[1:] == (3, 32, 32)
+        assert (golden["kind"] == 0).sum() == 32 and (golden["kind"] == 1).sum() == 8
+        assert golden["embedding"].shape == (40, 16)
+
+
+def test_tensorrt_int8_target_is_symmetric(trained: Path, tmp_path: Path) -> None:
+    package = copy_of(trained, tmp_path)
+    result = run_cli(
+        "export", str(package), "--precision", "int8", "--int8-target", "tensorrt", *EXPORT_DATA
+    )
+    assert result.code == 0, result.err
+    model = onnx.load(str(package / "onnx/model.int8.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zp = onnx.numpy_helper.to_array(inits[node.input[2]])
+            assert zp.dtype == np.int8 and not zp.any()  # zero point 0, int8
+    dq_inputs = [
+        inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    ]
+    assert onnx.TensorProto.INT32 not in {
+        i.data_type for i in dq_inputs
+    }  # no int32 bias (TensorRT rejects it)
+    assert not (package / "onnx/model.onnx").exists()  # int8 alone: the fp32 base was temporary
+
+
+def test_failed_parity_writes_nothing_unless_kept(trained: Path, tmp_path: Path) -> None:
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(70):  # calibrating on black frames: activation ranges collapse, int8 breaks
+        Image.new("RGB", (32, 32)).save(black / f"{i}.png")
+    package = copy_of(trained, tmp_path)
+    args = [
+        "export",
+        str(package),
+        "--precision",
+        "int8",
+        *EXPORT_DATA,
+        "--calib",
+        str(black),
+    ]  # the last --calib wins
+    result = run_cli(*args)
+    assert result.code == 1
+    line = result.err.strip().splitlines()[-1]
+    assert line.startswith("error: parity failed: onnx/model.int8.onnx:") and "tolerance" in line
+    assert not (package / "onnx/model.int8.onnx").exists()
+    assert (
+        "onnx/model.int8.onnx" not in json.loads((package / "config.json").read_text())["artifacts"]
+    )
+    report = json.loads((package / "parity/report.json").read_text())["results"]
+    assert [e["passed"] for e in report if e["artifact"] == "onnx/model.int8.onnx"] == [False]
+    kept = run_cli(*args, "--keep-failed")
+    assert kept.code == 1 and (package / "onnx/model.int8.onnx.failed").is_file()
+    assert sorted(p.name for p in (package / "onnx").iterdir()) == ["model.int8.onnx.failed"]
+
+
+def one_line(result) -> str:
+    """The single error line (warnings naming skipped files may precede it)."""
+    lines = [
+        line for line in result.err.splitlines() if line.strip() and not line.startswith("warning:")
+    ]
+    assert result.code != 0 and "Traceback" not in result.err and len(lines) == 1, result.err
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_and_touch_nothing(exported: Path, tmp_path: Path) -> None:
+    package = copy_of(exported, tmp_path)
+    before = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
+    empty = tmp_path / "empty_calib"
+    empty.mkdir()
+    (empty / "broken.jpg").write_bytes(b"not a jpeg")
+    cases = [
+        (["--format", "tflite"], "unknown --format 'tflite'"),
+        (["--precision", "int4"], "unknown precision 'int4'"),
+        (["--precision", "int8", "--calib", str(empty)], "no readable images"),
+        (
+            ["--precision", "int8", "--calib", "digits", "--calib-size", "5000"],
+            "only 901 readable calibration images",
+        ),
+        (["--format", "trt", "--batch", "32,8,1"], "needs MIN <= OPT <= MAX"),
+        (
+            ["--opset", "13", "--precision", "fp32", "--parity-data", "digits"],
+            "--opset 13 is not supported",
+        ),
+    ]
+    for args, expected in cases:
+        line = one_line(run_cli("export", str(package), *args))
+        assert expected in line, (args, line)
+    after = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_package_problems(trained: Path, tmp_path: Path) -> None:
+    no_weights = copy_of(trained, tmp_path / "a")
+    (no_weights / "model.safetensors").unlink()
+    assert "model.safetensors: missing" in one_line(
+        run_cli("export", str(no_weights), *EXPORT_DATA)
+    )
+    mismatch = copy_of(trained, tmp_path / "b")
+    config = json.loads((mismatch / "config.json").read_text())
+    config["training"]["hyperparameters"]["aux_dim"] = 64
+    (mismatch / "config.json").write_text(json.dumps(config))
+    assert "weights do not match" in one_line(run_cli("export", str(mismatch), *EXPORT_DATA))
+    assert not (mismatch / "onnx").exists()
+
+
+def test_trt_without_tensorrt_exits_2_with_where_to_run(exported: Path) -> None:
+    pytest.importorskip("onnx")  # always present here; the point is tensorrt's absence
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    result = run_cli("export", str(exported), "--format", "trt", "--precision", "fp16")
+    line = one_line(result)
+    assert result.code == 2 and "TensorRT is not installed" in line and "Jetson" in line
