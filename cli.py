@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from stml_deploy.console import info, stderr, stdout
+from stml_deploy.console import info, stderr, stdout, warn
 from stml_deploy.errors import StmlError
 
 
@@ -375,11 +375,306 @@ def _print_parity(entries: list[dict[str, Any]]) -> None:
     stdout.print(table)
 
 
+# --- edge runtime: embed, index, search, bench, info ----------------------------------------
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="auto | onnx | onnx-cuda | trt (auto: a TensorRT engine built for this GPU, then ONNX Runtime on the GPU, then on the CPU).",
+    ),
+]
+Precision = Annotated[
+    str, typer.Option("--precision", help="fp32 | fp16 | int8: which exported variant runs.")
+]
+IndexPackage = Annotated[
+    str | None, typer.Option("--package", help="The index's model package, when it moved.")
+]
+IndexPrecision = Annotated[
+    str | None,
+    typer.Option("--precision", help="[default: the precision the index was built with]"),
+]
+
+
+def _csv(text: str, kind: type = str) -> list[Any]:
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise StmlError(
+            f"{text!r}: expected a comma-separated list of {kind.__name__} values"
+        ) from None
+
+
+@app.command()
+def embed(
+    package: Annotated[str, typer.Argument(help="Model package folder (or hf://org/name[@rev]).")],
+    images: Annotated[
+        list[str], typer.Argument(help="Image files or folders (searched recursively).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Embeddings .npy to write; the image list goes beside it as <name>.items.json.",
+        ),
+    ],
+    backend: Backend = "auto",
+    precision: Precision = "fp32",
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
+    strict: Strict = False,
+) -> None:
+    """Embed images into a .npy file (float32, one L2-normalized row per readable image)."""
+    import io
+
+    import numpy as np
+
+    from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
+    from stml_deploy.embedder import Embedder
+    from stml_deploy.images import expand_image_args
+
+    paths = expand_image_args(images)
+    with Embedder.from_package(
+        package, backend=backend, precision=precision, batch_size=batch_size
+    ) as embedder:
+        result = embedder.embed_paths(paths, strict=strict)
+    if not result.items:
+        raise StmlError("none of the images could be read; nothing written")
+    buf = io.BytesIO()
+    np.save(buf, result.vectors)
+    atomic_write_bytes(out, buf.getvalue())
+    items = out.with_name(out.name.removesuffix(".npy") + ".items.json")
+    atomic_write_json(items, result.items)
+    stdout.print(
+        f"wrote {out} ({len(result.items)} x {result.vectors.shape[1]}) and {items}"
+        + (f"; skipped {len(result.skipped)}" if result.skipped else "")
+    )
+
+
+index_app = StmlApp(
+    name="index",
+    help="Build, extend and inspect gallery indexes.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    package: Annotated[str, typer.Argument(help="Model package folder (or hf://org/name[@rev]).")],
+    gallery: Annotated[
+        list[str],
+        typer.Argument(
+            help="Gallery images or folders; one folder of class sub-folders records labels."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Index folder to write (replaced atomically).")
+    ],
+    backend: Backend = "auto",
+    precision: Precision = "fp32",
+    kind: Annotated[str, typer.Option(help="flat (exact) | hnsw (approximate, faiss).")] = "flat",
+    validate: Annotated[
+        bool, typer.Option(help="Check that every image retrieves itself and report the fraction.")
+    ] = False,
+    strict: Strict = False,
+) -> None:
+    """Embed a gallery and write an index of it."""
+    from stml_deploy.retrieval import build_index
+
+    index = build_index(package, gallery, out, backend, precision, kind, strict)
+    labelled = " (labelled)" if index.class_names else ""
+    stdout.print(f"wrote {out}: {index.count} images{labelled}, dim {index.dim}, {index.kind}")
+    if validate:
+        fraction = index.self_retrieval()
+        stdout.print(
+            f"validation: {fraction:.4f} of the images retrieve themselves first ({round(fraction * index.count)}/{index.count})"
+        )
+        if fraction < 1.0:
+            warn(
+                "some images do not retrieve themselves first: usually exact duplicates in the gallery"
+            )
+
+
+@index_app.command("add")
+def index_add(
+    index: Annotated[str, typer.Argument(help="Index folder.")],
+    images: Annotated[list[str], typer.Argument(help="Image files or folders to add.")],
+    package: IndexPackage = None,
+    backend: Backend = "auto",
+    precision: IndexPrecision = None,
+    strict: Strict = False,
+) -> None:
+    """Add images to an index (with the model it was built with)."""
+    from stml_deploy.retrieval import add_to_index
+
+    updated, added = add_to_index(index, images, package, backend, precision, strict)
+    stdout.print(f"added {added} images to {index}: {updated.count} in all")
+
+
+@index_app.command("info")
+def index_info(
+    index: Annotated[str, typer.Argument(help="Index folder.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What an index holds."""
+    from stml_deploy.describe import describe_index
+    from stml_deploy.index import GalleryIndex
+
+    _print_description(describe_index(GalleryIndex.load(index)), as_json)
+
+
+@app.command()
+def search(
+    index: Annotated[str, typer.Argument(help="Index folder.")],
+    queries: Annotated[list[str], typer.Argument(help="Query images or folders.")],
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 5,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object for scripts.")
+    ] = False,
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG: each query with its hits (coloured borders when labels are known)."
+        ),
+    ] = None,
+    package: IndexPackage = None,
+    backend: Backend = "auto",
+    precision: IndexPrecision = None,
+    engine: Annotated[str, typer.Option(help="auto | faiss | numpy.")] = "auto",
+    strict: Strict = False,
+) -> None:
+    """Find the gallery images most similar to each query."""
+    from stml_deploy.retrieval import save_grid
+    from stml_deploy.retrieval import search as run_search
+
+    _, results = run_search(index, queries, k, package, backend, precision, engine, strict)
+    if grid is not None:
+        save_grid(results, grid)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "index": index,
+                    "k": k,
+                    "results": [
+                        {"query": r.query, "label": r.label, "hits": r.hits} for r in results
+                    ],
+                }
+            )
+        )
+        return
+    from rich import box
+    from rich.table import Table
+
+    for r in results:
+        table = Table(
+            title=f"{r.query}" + (f" [{r.label}]" if r.label else ""),
+            box=box.SIMPLE,
+            title_justify="left",
+        )
+        for column in ("rank", "score", "label", "path"):
+            table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+        for hit in r.hits:
+            table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", hit["label"] or "-", hit["path"])
+        stdout.print(table)
+    if grid is not None:
+        stdout.print(f"wrote {grid}")
+
+
+@app.command()
+def bench(
+    package: Annotated[str, typer.Argument(help="Model package folder (or hf://org/name[@rev]).")],
+    backends: Annotated[
+        str, typer.Option(help="Comma list of onnx, onnx-cuda, trt.")
+    ] = "onnx,onnx-cuda,trt",
+    precisions: Annotated[
+        str | None, typer.Option(help="Comma list [default: every exported precision].")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,32",
+    repeats: Annotated[int, typer.Option(help="Timed runs per measurement.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Latency, throughput and parity of each backend and precision, side by side."""
+    from stml_deploy.bench import bench as run_bench
+    from stml_deploy.hub import open_package
+
+    rows, skipped = run_bench(
+        open_package(package),
+        _csv(backends),
+        _csv(precisions) if precisions else None,
+        tuple(_csv(batch_sizes, int)),
+        repeats,
+    )
+    if as_json:
+        print(json.dumps({"rows": [r.__dict__ for r in rows], "skipped": skipped}))
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"stml bench {package}",
+        box=box.SIMPLE,
+        caption="parity: golden real images against torch fp32",
+    )
+    for column in (
+        "backend",
+        "precision",
+        "batch",
+        "median ms",
+        "p90 ms",
+        "images/s",
+        "cos min",
+        "top-10",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("backend", "precision") else "right", no_wrap=True
+        )
+    for r in rows:
+        table.add_row(
+            r.backend,
+            r.precision,
+            str(r.batch),
+            f"{r.median_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.images_per_s:.0f}",
+            f"{r.parity['cosine_min']:.5f}",
+            f"{r.parity['top10_overlap']:.3f}",
+        )
+    stdout.print(table)
+    for note in skipped:
+        info(f"not run: {note}")
+
+
+@app.command("info")
+def info_command(
+    path: Annotated[
+        str, typer.Argument(help="A model package, an hf://org/name[@rev] or an index folder.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What a package or index holds: sizes, hashes, parity summary."""
+    from stml_deploy.describe import describe
+
+    _print_description(describe(path), as_json)
+
+
+def _print_description(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.pretty import Pretty
+
+    stdout.print(Pretty(data, expand_all=False))
+
+
 # --- demo ----------------------------------------------------------------------------------
 @app.command()
 def demo(
     out: Annotated[
-        Path, typer.Option(help="Where the demo's model package goes (replaced on every run).")
+        Path,
+        typer.Option(
+            help="Folder for the demo's model package, gallery, index and picture (replaced on every run)."
+        ),
     ] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
     max_train: Annotated[
@@ -388,30 +683,45 @@ def demo(
     device: Device = "auto",
     workers: Workers = None,
 ) -> None:
-    """Train STML on the built-in data (Fashion-MNIST, else digits) and compare Recall@K on
-    the held-out classes before and after training."""
-    from training.demo import demo_config, demo_sources
+    """The whole path on built-in data (Fashion-MNIST, else digits): train STML on classes 0-4,
+    compare Recall@K on the held-out classes 5-9 before and after, export ONNX (fp32 + int8)
+    with parity checks, index the held-out gallery and search it."""
+    import torch
+
+    from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
+    from stml_deploy.retrieval import build_index, save_grid
+    from stml_deploy.retrieval import search as run_search
+    from training.demo import demo_config, demo_sources, pick_queries, write_gallery
     from training.evaluation_run import evaluate_model
     from training.package_io import build_student, load_student
     from training.trainer import TrainRequest
     from training.trainer import train as run_training
 
     started = time.perf_counter()
+    model_dir, gallery_dir, index_dir, grid = (
+        out / "model",
+        out / "gallery",
+        out / "index",
+        out / "hits.png",
+    )
     train_source, test_source = demo_sources(max_train)
     cfg = demo_config(epochs)
     info(
-        f"demo: {train_source.name} ({len(train_source)} images) -> held-out {test_source.name} ({len(test_source)} images)"
+        f"demo: train on {train_source.name} ({len(train_source)} images), test on held-out {test_source.name} ({len(test_source)} images)"
     )
-
-    import torch
 
     torch.manual_seed(cfg.seed)
     initial, spec = build_student(cfg)
     before = evaluate_model(initial, spec, test_source, device, 512, workers, "initial model")
     request = TrainRequest(
-        cfg=cfg, source=train_source, out=out, name="stml-demo", device=device,
-        workers=workers, overwrite=True,
-    )  # fmt: skip
+        cfg=cfg,
+        source=train_source,
+        out=model_dir,
+        name="stml-demo",
+        device=device,
+        workers=workers,
+        overwrite=True,
+    )
     package = run_training(request)
     after = evaluate_model(
         load_student(package), spec, test_source, device, 512, workers, "trained model"
@@ -420,18 +730,50 @@ def demo(
     package.config["metrics"]["test_initial"] = before
     package.save()
 
+    data_name = train_source.description["ref"]["data"]
+    outcome = export_package_onnx(
+        OnnxExportRequest(
+            str(model_dir), ["fp32", "int8"], "cpu", calib=data_name, parity_data=data_name
+        )
+    )
+    _print_parity(outcome.entries)
+    if outcome.failures:
+        raise StmlError("parity failed: " + "; ".join(outcome.failures))
+
+    info(f"writing the held-out gallery as image files to {gallery_dir}")
+    write_gallery(test_source, gallery_dir)
+    index = build_index(
+        str(model_dir), [str(gallery_dir)], index_dir, backend="onnx", precision="int8"
+    )
+    index_recall = index.leave_one_out_recall_at_1()
+    _, results = run_search(
+        str(index_dir), pick_queries(gallery_dir), k=5, backend="onnx", precision="int8"
+    )
+    save_grid(results, grid)
+    for r in results:
+        hits = ", ".join(f"{h['label']} ({h['score']:.3f})" for h in r.hits[1:])
+        stdout.print(f"query {Path(r.query).name} [{r.label}]: itself first, then {hits}")
+
     from rich.table import Table
 
     table = Table(title=f"held-out classes of {test_source.name}: before vs after STML")
-    table.add_column("metric")
-    table.add_column("initial", justify="right")
-    table.add_column("after STML", justify="right")
+    for column in (
+        "metric",
+        "initial (torch)",
+        "after STML (torch)",
+        "after STML (ONNX int8 index)",
+    ):
+        table.add_column(column, justify="left" if column == "metric" else "right")
     for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "nmi"):
-        table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}")
+        table.add_row(
+            key,
+            f"{before[key]:.4f}",
+            f"{after[key]:.4f}",
+            f"{index_recall:.4f}" if key == "recall_at_1" else "",
+        )
     stdout.print(table)
-    stdout.print(
-        f"model package: {package.root}   wall time: {time.perf_counter() - started:.0f} s"
-    )
+    stdout.print(f"model package: {model_dir}   index: {index_dir}   picture: {grid}")
+    stdout.print(f"wall time: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

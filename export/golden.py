@@ -13,10 +13,9 @@ import numpy as np
 from stml_deploy.atomic import atomic_write_bytes
 from stml_deploy.errors import StmlError
 from stml_deploy.images import iter_readable
+from stml_deploy.parity_files import RANDOM, REAL
 from stml_deploy.preprocess import PreprocessSpec, preprocess_image
 from training.sources import ImageSource
-
-REAL, RANDOM = 0, 1
 
 
 @dataclass
@@ -73,15 +72,3 @@ def save_golden(
         weights_sha256=np.array(weights_sha256),
     )
     atomic_write_bytes(path, buf.getvalue())
-
-
-def load_golden(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise StmlError(
-            f"{path}: missing; run `stml export PACKAGE --format onnx` first (it writes the golden set)"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in ("pixels", "kind", "embedding", "weights_sha256")}
-    except (ValueError, KeyError, OSError) as exc:
-        raise StmlError(f"{path}: damaged golden set ({exc})") from None

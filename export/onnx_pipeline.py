@@ -23,18 +23,16 @@ from stml_deploy.console import info, warn
 from stml_deploy.errors import StmlError
 from stml_deploy.package import (
     ONNX_DIR,
-    PARITY_DIR,
     PRECISIONS,
     WEIGHTS_NAME,
     ModelPackage,
     onnx_name,
 )
+from stml_deploy.parity_files import GOLDEN_NAME
 from training.model import EmbeddingNet
 from training.named_datasets import resolve_ref, resolve_source
 from training.package_io import load_student
 from training.sources import ImageSource
-
-GOLDEN_NAME = f"{PARITY_DIR}/golden.npz"
 
 
 @dataclass

@@ -1,46 +1,12 @@
-"""Parity measurements (numpy only: the same code checks ONNX Runtime at export time and the
-TensorRT engine on the device, where torch may be missing)."""
+"""Parity checks (numpy only: the same code checks ONNX Runtime at export time and the
+TensorRT engine on the device, where torch may be missing): measurements against tolerances."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from export.tolerances import CHECK_RANDOM, as_json, violations
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    cos = (_unit(out) * _unit(ref)).sum(axis=1)
-    return {
-        "max_abs_error": float(np.abs(out.astype(np.float64) - ref).max()),
-        "cosine_min": float(cos.min()),
-        "cosine_mean": float(cos.mean()),
-    }
-
-
-def neighbours(emb: np.ndarray, k: int) -> np.ndarray:
-    """[N, k] most cosine-similar other rows (self excluded), exact."""
-    x = _unit(emb)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    k = min(k, len(x) - 1)
-    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(sim, part, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(part, order, axis=1)
-
-
-def topk_overlap(emb: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of each item's k nearest neighbours shared with the reference's."""
-    a, b = neighbours(emb, k), neighbours(ref, k)
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
-
-
-def recall_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
-    return float((labels[neighbours(emb, 1)[:, 0]] == labels).mean())
+from stml_deploy.parity_metrics import recall_at_1, tensor_metrics, topk_overlap
 
 
 def compare(

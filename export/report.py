@@ -4,30 +4,13 @@ check of the same triple replaces the old entry."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
 from stml_deploy.atomic import atomic_write_json
-from stml_deploy.package import PARITY_DIR, ModelPackage
-
-REPORT_NAME = "report.json"
-
-
-def report_path(package: ModelPackage) -> Path:
-    return package.root / PARITY_DIR / REPORT_NAME
-
-
-def read_report(package: ModelPackage) -> list[dict[str, Any]]:
-    path = report_path(package)
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return []
-    return data.get("results", []) if isinstance(data, dict) else []
+from stml_deploy.package import ModelPackage
+from stml_deploy.parity_files import REPORT_NAME, read_report
 
 
 def cpu_name() -> str:
@@ -46,6 +29,6 @@ def record(package: ModelPackage, entries: list[dict[str, Any]]) -> Path:
     key = lambda e: (e["artifact"], e["runtime"], e["device"])  # noqa: E731
     fresh = {key(e): {**e, "checked_at": now} for e in entries}
     kept = [e for e in read_report(package) if key(e) not in fresh]
-    path = report_path(package)
+    path = package.root / REPORT_NAME
     atomic_write_json(path, {"format_version": 1, "results": kept + list(fresh.values())})
     return path

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.golden import load_golden
 from export.parity import compare
 from export.report import record
 from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
@@ -24,15 +23,13 @@ from stml_deploy.cuda_device import CudaDevice, current_device
 from stml_deploy.errors import StmlError
 from stml_deploy.package import (
     ENGINES_DIR,
-    PARITY_DIR,
     PRECISIONS,
     ModelPackage,
     onnx_name,
     sha256_file,
 )
+from stml_deploy.parity_files import GOLDEN_NAME, load_golden
 from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
-
-GOLDEN_NAME = f"{PARITY_DIR}/golden.npz"
 
 
 @dataclass

@@ -42,6 +42,18 @@ def list_images(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
+def folder_labels(root: Path, paths: list[Path]) -> tuple[list[int] | None, list[str] | None]:
+    """Labels from first-level sub-folder names, when every image sits in one (else None)."""
+    if not root.is_dir():
+        return None, None
+    parts = [p.relative_to(root).parts for p in paths]
+    if not parts or not all(len(p) > 1 for p in parts):
+        return None, None
+    names = sorted({p[0] for p in parts})
+    lookup = {name: i for i, name in enumerate(names)}
+    return [lookup[p[0]] for p in parts], names
+
+
 def expand_image_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Command-line image arguments: files as given, folders expanded recursively."""
     paths: list[Path] = []

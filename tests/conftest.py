@@ -108,3 +108,29 @@ def cli_main(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+EXPORT_DATA = ["--calib", "digits", "--calib-size", "64", "--parity-data", "digits", "--parity-size", "400"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 4 epochs on digits 0-4 (treat as read-only; copy to modify)."""
+    out = tmp_path_factory.mktemp("tiny") / "pkg"
+    result = run_cli(
+        "train", "digits", "--max-images", "240", "--out", str(out), "--epochs", "4", *TINY_TRAIN
+    )
+    assert result.code == 0, result.err
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_package(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_package with fp32, fp16 and int8 (cpu) ONNX exports (read-only; copy to modify)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("exported") / "pkg"
+    shutil.copytree(tiny_package, out)
+    result = run_cli("export", str(out), "--format", "onnx", *EXPORT_DATA)
+    assert result.code == 0, result.err + result.out
+    return out

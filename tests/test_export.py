@@ -14,29 +14,9 @@ from PIL import Image
 
 from stml_deploy import onnx_runtime
 from stml_deploy.package import ModelPackage, sha256_file
-from tests.conftest import TINY_TRAIN, run_cli
+from tests.conftest import EXPORT_DATA, run_cli
 
 pytestmark = pytest.mark.slow
-EXPORT_DATA = ["--calib", "digits", "--calib-size", "64", "--parity-data", "digits", "--parity-size", "400"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "pkg"
-    result = run_cli(
-        "train", "digits", "--max-images", "240", "--out", str(out), "--epochs", "4", *TINY_TRAIN
-    )
-    assert result.code == 0, result.err
-    return out
-
-
-@pytest.fixture(scope="module")
-def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("exported") / "pkg"
-    shutil.copytree(trained, out)
-    result = run_cli("export", str(out), "--format", "onnx", *EXPORT_DATA)
-    assert result.code == 0, result.err + result.out
-    return out
 
 
 def copy_of(package: Path, tmp_path: Path) -> Path:
@@ -45,28 +25,28 @@ def copy_of(package: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def test_artifacts_are_recorded_with_hashes(exported: Path) -> None:
-    package = ModelPackage.load(exported)  # every hash verifies
+def test_artifacts_are_recorded_with_hashes(exported_package: Path) -> None:
+    package = ModelPackage.load(exported_package)  # every hash verifies
     for rel in (
         "onnx/model.onnx",
         "onnx/model.fp16.onnx",
         "onnx/model.int8.onnx",
         "parity/golden.npz",
     ):
-        assert package.artifacts[rel]["sha256"] == sha256_file(exported / rel)
+        assert package.artifacts[rel]["sha256"] == sha256_file(exported_package / rel)
     assert package.artifacts["onnx/model.int8.onnx"]["int8_target"] == "cpu"
     leftovers = [
         p.name
-        for p in (exported / "onnx").iterdir()
+        for p in (exported_package / "onnx").iterdir()
         if p.name.startswith(".") or p.suffix != ".onnx"
     ]
     assert leftovers == []  # no temporaries, no external-data files
 
 
-def test_graph_contract(exported: Path) -> None:
-    config = json.loads((exported / "config.json").read_text())
+def test_graph_contract(exported_package: Path) -> None:
+    config = json.loads((exported_package / "config.json").read_text())
     for rel in ("onnx/model.onnx", "onnx/model.fp16.onnx", "onnx/model.int8.onnx"):
-        model = onnx.load(str(exported / rel))
+        model = onnx.load(str(exported_package / rel))
         onnx.checker.check_model(model, full_check=True)
         assert all(not init.external_data for init in model.graph.initializer)  # one file
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -79,7 +59,7 @@ def test_graph_contract(exported: Path) -> None:
         meta = {p.key: p.value for p in model.metadata_props}
         assert json.loads(meta["stml.preprocessing"]) == config["preprocessing"]
         assert meta["stml.weights_sha256"] == config["artifacts"]["model.safetensors"]["sha256"]
-        session = onnx_runtime.create_session(exported / rel)
+        session = onnx_runtime.create_session(exported_package / rel)
         for batch in (1, 7):  # dynamic batch
             pixels = np.random.default_rng(batch).integers(
                 0, 256, (batch, 3, 32, 32), dtype=np.uint8
@@ -98,16 +78,16 @@ def _input_types(model: onnx.ModelProto, op_type: str) -> list[int]:
     return [types.get(n.input[0]) for n in inferred.graph.node if n.op_type == op_type]
 
 
-def test_fp16_computes_in_fp16_and_normalizes_in_fp32(exported: Path) -> None:
-    model = onnx.load(str(exported / "onnx/model.fp16.onnx"))
+def test_fp16_computes_in_fp16_and_normalizes_in_fp32(exported_package: Path) -> None:
+    model = onnx.load(str(exported_package / "onnx/model.fp16.onnx"))
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
     types = {i.name: i.data_type for i in model.graph.initializer if i.name in conv_weights}
     assert types and set(types.values()) == {onnx.TensorProto.FLOAT16}
     assert _input_types(model, "ReduceL2") == [onnx.TensorProto.FLOAT]
 
 
-def test_int8_keeps_the_normalize_in_float(exported: Path) -> None:
-    model = onnx.load(str(exported / "onnx/model.int8.onnx"))
+def test_int8_keeps_the_normalize_in_float(exported_package: Path) -> None:
+    model = onnx.load(str(exported_package / "onnx/model.int8.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 3 and ops.count("DequantizeLinear") > 3
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -124,8 +104,8 @@ def test_int8_keeps_the_normalize_in_float(exported: Path) -> None:
     }  # cpu target: uint8 activations
 
 
-def test_report_and_golden_set(exported: Path) -> None:
-    report = json.loads((exported / "parity/report.json").read_text())["results"]
+def test_report_and_golden_set(exported_package: Path) -> None:
+    report = json.loads((exported_package / "parity/report.json").read_text())["results"]
     assert {e["artifact"] for e in report} == {
         "onnx/model.onnx",
         "onnx/model.fp16.onnx",
@@ -140,14 +120,14 @@ def test_report_and_golden_set(exported: Path) -> None:
         fp32["tensor"]["real"]["max_abs_error"] <= 1e-4
         and fp32["retrieval"]["top10_overlap"] >= 0.99
     )
-    with np.load(exported / "parity/golden.npz") as golden:
+    with np.load(exported_package / "parity/golden.npz") as golden:
         assert golden["pixels"].dtype == np.uint8 and golden["pixels"].shape[1:] == (3, 32, 32)
         assert (golden["kind"] == 0).sum() == 32 and (golden["kind"] == 1).sum() == 8
         assert golden["embedding"].shape == (40, 16)
 
 
-def test_tensorrt_int8_target_is_symmetric(trained: Path, tmp_path: Path) -> None:
-    package = copy_of(trained, tmp_path)
+def test_tensorrt_int8_target_is_symmetric(tiny_package: Path, tmp_path: Path) -> None:
+    package = copy_of(tiny_package, tmp_path)
     result = run_cli(
         "export", str(package), "--precision", "int8", "--int8-target", "tensorrt", *EXPORT_DATA
     )
@@ -169,12 +149,12 @@ def test_tensorrt_int8_target_is_symmetric(trained: Path, tmp_path: Path) -> Non
     assert not (package / "onnx/model.onnx").exists()  # int8 alone: the fp32 base was temporary
 
 
-def test_failed_parity_writes_nothing_unless_kept(trained: Path, tmp_path: Path) -> None:
+def test_failed_parity_writes_nothing_unless_kept(tiny_package: Path, tmp_path: Path) -> None:
     black = tmp_path / "black"
     black.mkdir()
     for i in range(70):  # calibrating on black frames: activation ranges collapse, int8 breaks
         Image.new("RGB", (32, 32)).save(black / f"{i}.png")
-    package = copy_of(trained, tmp_path)
+    package = copy_of(tiny_package, tmp_path)
     args = [
         "export",
         str(package),
@@ -208,8 +188,8 @@ def one_line(result) -> str:
     return lines[0]
 
 
-def test_bad_inputs_are_one_line_and_touch_nothing(exported: Path, tmp_path: Path) -> None:
-    package = copy_of(exported, tmp_path)
+def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_path: Path) -> None:
+    package = copy_of(exported_package, tmp_path)
     before = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
     empty = tmp_path / "empty_calib"
     empty.mkdir()
@@ -235,13 +215,13 @@ def test_bad_inputs_are_one_line_and_touch_nothing(exported: Path, tmp_path: Pat
     assert after == before
 
 
-def test_package_problems(trained: Path, tmp_path: Path) -> None:
-    no_weights = copy_of(trained, tmp_path / "a")
+def test_package_problems(tiny_package: Path, tmp_path: Path) -> None:
+    no_weights = copy_of(tiny_package, tmp_path / "a")
     (no_weights / "model.safetensors").unlink()
     assert "model.safetensors: missing" in one_line(
         run_cli("export", str(no_weights), *EXPORT_DATA)
     )
-    mismatch = copy_of(trained, tmp_path / "b")
+    mismatch = copy_of(tiny_package, tmp_path / "b")
     config = json.loads((mismatch / "config.json").read_text())
     config["training"]["hyperparameters"]["aux_dim"] = 64
     (mismatch / "config.json").write_text(json.dumps(config))
@@ -249,7 +229,7 @@ def test_package_problems(trained: Path, tmp_path: Path) -> None:
     assert not (mismatch / "onnx").exists()
 
 
-def test_trt_without_tensorrt_exits_2_with_where_to_run(exported: Path) -> None:
+def test_trt_without_tensorrt_exits_2_with_where_to_run(exported_package: Path) -> None:
     pytest.importorskip("onnx")  # always present here; the point is tensorrt's absence
     try:
         import tensorrt  # noqa: F401
@@ -257,6 +237,6 @@ def test_trt_without_tensorrt_exits_2_with_where_to_run(exported: Path) -> None:
         pytest.skip("tensorrt is installed here")
     except ImportError:
         pass
-    result = run_cli("export", str(exported), "--format", "trt", "--precision", "fp16")
+    result = run_cli("export", str(exported_package), "--format", "trt", "--precision", "fp16")
     line = one_line(result)
     assert result.code == 2 and "TensorRT is not installed" in line and "Jetson" in line

@@ -4,6 +4,8 @@ classes 0-4 and evaluated on the held-out classes 5-9."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from training.config import TrainConfig, build_config
 from training.named_datasets import fashion_mnist_available, resolve_source
 from training.sources import ImageSource
@@ -43,3 +45,26 @@ def demo_config(epochs: int) -> TrainConfig:
             "momentum": 0.99,
         },
     )
+
+
+def write_gallery(source: ImageSource, folder: Path) -> None:
+    """The held-out images as PNG files in one sub-folder per class (what a user's gallery
+    folder looks like), replaced atomically."""
+    from stml_deploy.atomic import atomic_directory
+
+    names = source.class_names or [str(label) for label in sorted(set(source.labels.tolist()))]
+    with atomic_directory(folder) as tmp:
+        for i in range(len(source)):
+            label = int(source.labels[i])
+            name = names[label] if label < len(names) else str(label)
+            target = tmp / name.replace("/", "-")
+            target.mkdir(exist_ok=True)
+            source.load(i).save(target / f"{i:05d}.png")
+
+
+def pick_queries(folder: Path, per_class: int = 1, classes: int = 4) -> list[str]:
+    """A few gallery images, one from each of the first classes, as demo queries."""
+    picks = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir())[:classes]:
+        picks += [str(p) for p in sorted(class_dir.glob("*.png"))[:per_class]]
+    return picks

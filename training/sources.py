@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from stml_deploy.errors import StmlError
-from stml_deploy.images import list_images, load_rgb, to_rgb
+from stml_deploy.images import folder_labels, list_images, load_rgb, to_rgb
 
 SPLITS = ("train", "test")
 
@@ -89,11 +89,6 @@ def folder_source(root: str | os.PathLike[str]) -> ImageSource:
     sub-folder, that sub-folder's name is its label (for evaluation only)."""
     root = Path(root)
     paths = list_images(root)
-    labels = class_names = None
-    if root.is_dir():
-        firsts = [p.relative_to(root).parts for p in paths]
-        if all(len(parts) > 1 for parts in firsts):
-            class_names = sorted({parts[0] for parts in firsts})
-            lookup = {name: i for i, name in enumerate(class_names)}
-            labels = np.array([lookup[parts[0]] for parts in firsts], dtype=np.int64)
+    found, class_names = folder_labels(root, paths)
+    labels = np.array(found, dtype=np.int64) if found is not None else None
     return ImageSource(f"folder {root}", str(root), paths, labels, class_names, {"kind": "folder"})
