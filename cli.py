@@ -182,6 +182,12 @@ def train(
         bool, typer.Option(help="Continue the interrupted run saved in --out.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a package already in --out.")] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from a published stml package (folder or hf://org/name[@rev]): its architecture and weights."
+        ),
+    ] = None,
     stop_after: Annotated[
         int | None,
         typer.Option(help="Stop after N epochs of this invocation (continue later with --resume)."),
@@ -201,7 +207,16 @@ def train(
         "head_lr": head_lr, "weight_decay": weight_decay, "schedule": schedule, "sigma": sigma,
         "delta": delta, "momentum": momentum, "seed": seed,
     }  # fmt: skip
-    cfg: TrainConfig = resume_config(out, recipe, given) if resume else _build_config(recipe, given)
+    if resume:
+        cfg: TrainConfig = resume_config(out, recipe, given)
+    elif init_from:
+        from stml_deploy.hub import open_package
+        from training.config import init_config
+        from training.package_io import train_config_of
+
+        cfg = init_config(recipe, given, train_config_of(open_package(init_from)).to_dict())
+    else:
+        cfg = _build_config(recipe, given)
     if stop_after is not None and stop_after < 1:
         raise StmlError("--stop-after must be at least 1")
     source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
@@ -209,7 +224,7 @@ def train(
     request = TrainRequest(
         cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
         strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
-        overwrite=overwrite,
+        overwrite=overwrite, init_from=init_from,
     )  # fmt: skip
     package = run_training(request)
     done = package.config["training"]["epochs_done"]
@@ -311,6 +326,10 @@ def export(
     workspace: Annotated[float, typer.Option(help="trt: builder workspace limit in GiB.")] = 2.0,
 ) -> None:
     """Export a package to ONNX (fp32/fp16/int8) or build a TensorRT engine, with parity checks."""
+    if package.startswith("hf://"):
+        raise StmlError(
+            f"{package}: export writes into the package; pull it into a folder first (stml pull {package.removeprefix('hf://')} --out DIR)"
+        )
     if format == "onnx":
         from export.onnx_pipeline import OnnxExportRequest, export_package_onnx, parse_precisions
 
@@ -665,6 +684,76 @@ def _print_description(data: dict[str, Any], as_json: bool) -> None:
     from rich.pretty import Pretty
 
     stdout.print(Pretty(data, expand_all=False))
+
+
+# --- Hugging Face Hub ----------------------------------------------------------------------
+@app.command()
+def push(
+    package: Annotated[str, typer.Argument(help="Model package folder.")],
+    repo_id: Annotated[
+        str, typer.Argument(help="Hub repository, ORG/NAME (created when missing).")
+    ],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="Branch to commit to (created when missing).")
+    ] = None,
+    create_pr: Annotated[
+        bool, typer.Option(help="Open a pull request instead of committing to the branch.")
+    ] = False,
+    message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Hub token with write access [default: HF_TOKEN or the saved login]."),
+    ] = None,
+    replace_readme: Annotated[
+        bool,
+        typer.Option(
+            help="Upload the generated model card even when the package has a README.md of yours."
+        ),
+    ] = False,
+) -> None:
+    """Publish a package: config, weights, ONNX, parity and a model card (never engines/ or training state)."""
+    from stml_deploy.hub_transfer import push_package
+
+    result = push_package(
+        package, repo_id, private, revision, create_pr, message, token, replace_readme
+    )
+    card = (
+        "your README.md (the generated card is uploaded with --replace-readme)"
+        if result.readme == "yours"
+        else "a generated model card"
+    )
+    if result.unchanged:
+        stdout.print(
+            f"nothing to push: {result.repo_id} already holds these files ({result.commit_url})"
+        )
+        return
+    stdout.print(
+        f"pushed {len(result.files)} files with {card} to {result.repo_id}: {result.commit_url}"
+    )
+    if result.pr_url:
+        stdout.print(f"pull request: {result.pr_url}")
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="ORG/NAME[@REVISION] (branch, tag or commit).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to write the package to [default: ./NAME].")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Hub token for private repositories.")] = None,
+) -> None:
+    """Download a package from the Hub, checking every file's sha256."""
+    from stml_deploy.hub import split_ref
+    from stml_deploy.hub_transfer import download_package
+
+    repo_id, revision = split_ref(ref.removeprefix("hf://"))
+    target = out or Path(repo_id.split("/")[-1])
+    package = download_package(repo_id, revision, target, token=token)
+    hub = package.config["hub"]
+    stdout.print(
+        f"{package.root}: {repo_id} at commit {hub['commit']} ({len(package.artifacts)} artifacts verified)"
+    )
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -90,8 +90,9 @@ class ModelPackage:
 
     # --- parts ---------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
-        resolved = (self.root / rel).resolve()
-        if not resolved.is_relative_to(self.root.resolve()):
+        # lexical check (the Hub cache keeps files as symlinks into its blob store)
+        normal = os.path.normpath(rel)
+        if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
             raise StmlError(f"{rel}: artifact path escapes the package folder {self.root}")
         return self.root / rel
 

@@ -96,6 +96,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+ARCHITECTURE_KEYS = ("backbone", "embedding_dim", "aux_dim", "image_size", "resize")
+
+
 def build_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < recipe < explicit options (None in `overrides` means "not given")."""
     values: dict[str, Any] = {}
@@ -106,3 +109,19 @@ def build_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
         values["recipe"] = recipe
     values.update({k: v for k, v in overrides.items() if v is not None})
     return replace(TrainConfig(), **values)
+
+
+def init_config(
+    recipe: str | None, overrides: dict[str, Any], init_hyper: dict[str, Any]
+) -> TrainConfig:
+    """Options for continuing from a published package: its architecture is fixed (options
+    that contradict it are refused), its weights replace any pretrained start."""
+    fixed = {k: init_hyper[k] for k in ARCHITECTURE_KEYS if k in init_hyper}
+    clash = sorted(
+        k for k, v in fixed.items() if overrides.get(k) is not None and overrides[k] != v
+    )
+    if clash:
+        raise StmlError(
+            f"--init-from fixes the architecture; these options contradict it: {', '.join(clash)}"
+        )
+    return build_config(recipe, {**overrides, **fixed, "pretrained": False})

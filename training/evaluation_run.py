@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from stml_deploy.errors import StmlError
-from stml_deploy.package import ModelPackage
+from stml_deploy.hub import open_package
 from stml_deploy.preprocess import PreprocessSpec
 from training.device import resolve_device
 from training.embedding import embed_source
@@ -49,7 +49,7 @@ def evaluate_package(
     workers: int | None = None,
     strict: bool = False,
 ) -> dict[str, Any]:
-    package = ModelPackage.load(package_ref)
+    package = open_package(package_ref)
     model = load_student(package, "cpu")
     with torch.inference_mode():
         return evaluate_model(

@@ -55,6 +55,7 @@ class TrainRequest:
     resume: bool = False
     overwrite: bool = False
     eval_batch_size: int = 256
+    init_from: str | None = None  # a package (path or hf://) whose weights start the run
 
 
 def _prepare_out(req: TrainRequest) -> None:
@@ -161,6 +162,12 @@ class Trainer:
         _prepare_out(req)
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
+        if req.init_from and not req.resume:
+            from stml_deploy.hub import open_package
+            from stml_deploy.package import WEIGHTS_NAME
+            from training.package_io import load_weights
+
+            load_weights(open_package(req.init_from).path(WEIGHTS_NAME), student)
         teacher = make_teacher(student)
         info(
             f"training on {req.source.name}: {len(req.source)} images; {cfg.epochs} epochs of {cfg.backbone} on {self.device}"
@@ -308,6 +315,7 @@ class Trainer:
             "device": str(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "history": saved.history,
+            "init_from": self.req.init_from,
         }
         metrics = {}
         if saved.history and "validation" in saved.history[-1]:

@@ -1,0 +1,278 @@
+"""Publishing and downloading model packages on the Hugging Face Hub with the huggingface_hub
+client: `stml push` uploads the package (never engines/ or training state) with a model card in
+one commit; `stml pull` downloads a branch, tag or commit, checks every file's name and sha256,
+and writes the package atomically. Without --out, packages live in the Hub cache, which also
+serves HF_HUB_OFFLINE=1."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stml_deploy.atomic import atomic_directory
+from stml_deploy.console import info
+from stml_deploy.errors import MissingDependencyError, StmlError
+from stml_deploy.model_card import GENERATED_MARKER, render_card
+from stml_deploy.package import CONFIG_NAME, ModelPackage
+from stml_deploy.parity_files import REPORT_NAME
+
+README = "README.md"
+# what belongs to a published package: the recorded artifacts, the config, the card, the report
+MANAGED_PREFIXES = ("onnx/", "parity/")
+
+
+class _Hub:
+    """The parts of huggingface_hub used here (its top-level module loads them lazily)."""
+
+    def __init__(self) -> None:
+        try:
+            import huggingface_hub
+            from huggingface_hub import constants, errors, utils
+        except ImportError:
+            raise MissingDependencyError(
+                "huggingface_hub is not installed: pip install huggingface_hub"
+            ) from None
+        self.HfApi = huggingface_hub.HfApi
+        self.CommitOperationAdd = huggingface_hub.CommitOperationAdd
+        self.CommitOperationDelete = huggingface_hub.CommitOperationDelete
+        self.snapshot_download = huggingface_hub.snapshot_download
+        self.constants, self.errors, self.utils = constants, errors, utils
+        if not sys.stderr.isatty():  # transfer bars only on a terminal
+            utils.disable_progress_bars()
+
+
+def _hub() -> _Hub:
+    return _Hub()
+
+
+def check_repo_id(repo_id: str) -> None:
+    hub = _hub()
+    try:
+        hub.utils.validate_repo_id(repo_id)
+    except hub.errors.HFValidationError as exc:
+        raise StmlError(f"invalid repo id {repo_id!r}: {exc}") from None
+    if repo_id.count("/") != 1:
+        raise StmlError(f"invalid repo id {repo_id!r}: expected ORG/NAME")
+
+
+@contextlib.contextmanager
+def _explained(repo_id: str, revision: str | None) -> Iterator[None]:
+    """The client's exceptions as one-line StmlErrors naming the repo and revision. Its own
+    log lines (retries, "skipping empty commit") are silenced: the outcome is reported once."""
+    hub = _hub()
+    errors = hub.errors
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        with _client_log_level(logging.ERROR):
+            yield
+    except StmlError:
+        raise
+    except errors.RevisionNotFoundError:
+        raise StmlError(f"{where}: revision {revision!r} does not exist") from None
+    except errors.RepositoryNotFoundError:
+        raise StmlError(
+            f"{repo_id}: repository not found on {hub.constants.ENDPOINT} (or private: set HF_TOKEN or --token)"
+        ) from None
+    except errors.LocalEntryNotFoundError:
+        raise StmlError(
+            f"{where} is not in the local Hub cache and the Hub cannot be reached"
+            + (" (HF_HUB_OFFLINE=1)" if hub.constants.HF_HUB_OFFLINE else "")
+        ) from None
+    except errors.EntryNotFoundError as exc:
+        raise StmlError(f"{where}: file not found ({exc})") from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status in (401, 403):
+            raise StmlError(
+                f"{where}: not authorized (HTTP {status}): give a write token with --token or HF_TOKEN"
+            ) from None
+        raise StmlError(
+            f"{where}: the Hub answered HTTP {status}: {str(exc).splitlines()[0]}"
+        ) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StmlError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # the HTTP stack's own errors (connection dropped, timeouts)
+        if type(exc).__module__.split(".")[0] in (
+            "httpx",
+            "httpx2",
+            "httpcore",
+            "h11",
+            "requests",
+            "urllib3",
+        ):
+            raise StmlError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
+        raise
+
+
+# --- push --------------------------------------------------------------------------------
+@dataclass
+class PushResult:
+    repo_id: str
+    commit_url: str
+    commit_oid: str
+    pr_url: str | None
+    files: list[str]
+    readme: str  # "generated" | "yours"
+    unchanged: bool = False  # the Hub already held exactly these files: no new commit
+
+
+def package_files(package: ModelPackage) -> list[str]:
+    """The package's publishable files (relative paths): never engines/ or train_state/."""
+    files = [CONFIG_NAME, *package.artifacts]
+    if (package.root / REPORT_NAME).is_file():
+        files.append(REPORT_NAME)
+    return files
+
+
+def push_package(
+    package_ref: str,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    message: str | None = None,
+    token: str | None = None,
+    replace_readme: bool = False,
+) -> PushResult:
+    check_repo_id(repo_id)
+    package = ModelPackage.load(package_ref)  # refuses a package that fails its own hashes
+    hub = _hub()
+    api = hub.HfApi(token=token)
+    files = package_files(package)
+    user_readme = package.root / README
+    keep_user = user_readme.is_file() and GENERATED_MARKER not in user_readme.read_text(
+        encoding="utf-8", errors="replace"
+    )
+    if keep_user and not replace_readme:
+        readme_bytes, readme_kind = user_readme.read_bytes(), "yours"
+    else:
+        readme_bytes, readme_kind = render_card(package, repo_id).encode("utf-8"), "generated"
+    operations = [
+        hub.CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(package.path(rel)))
+        for rel in files
+    ]
+    operations.append(hub.CommitOperationAdd(path_in_repo=README, path_or_fileobj=readme_bytes))
+    with _explained(repo_id, revision):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha
+        remote = api.list_repo_files(repo_id, revision=revision)
+        stale = [
+            f
+            for f in remote
+            if (f.startswith(MANAGED_PREFIXES) or f == "model.safetensors") and f not in files
+        ]
+        operations += [hub.CommitOperationDelete(path_in_repo=f) for f in stale]
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message or f"stml push: {package.name}",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    unchanged = commit.oid == head and not commit.pr_url
+    return PushResult(
+        repo_id,
+        commit.commit_url,
+        commit.oid,
+        commit.pr_url,
+        [*files, README],
+        readme_kind,
+        unchanged,
+    )
+
+
+@contextlib.contextmanager
+def _client_log_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("huggingface_hub")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+# --- pull --------------------------------------------------------------------------------
+def _safe_name(name: str) -> bool:
+    path = PurePosixPath(name)
+    return (
+        bool(name)
+        and not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in name
+        and not name.startswith("~")
+    )
+
+
+def _remote_files(api: Any, repo_id: str, revision: str | None) -> tuple[list[str], str]:
+    info_ = api.repo_info(repo_id, revision=revision)
+    names = [s.rfilename for s in (info_.siblings or [])]
+    unsafe = [n for n in names if not _safe_name(n)]
+    if unsafe:
+        raise StmlError(
+            f"{repo_id}: refusing to download files whose names leave the package folder: {', '.join(unsafe[:3])}"
+        )
+    return names, info_.sha
+
+
+def download_package(
+    repo_id: str,
+    revision: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    token: str | None = None,
+) -> ModelPackage:
+    """Download into `out` (atomically, hashes checked, resolved commit recorded) or, with
+    out=None, into the Hub cache (offline-capable) and return the package there."""
+    check_repo_id(repo_id)
+    hub = _hub()
+    with _explained(repo_id, revision):
+        if out is None:
+            if not hub.constants.HF_HUB_OFFLINE:
+                _remote_files(hub.HfApi(token=token), repo_id, revision)
+            folder = hub.snapshot_download(
+                repo_id, revision=revision, token=token, library_name="stml"
+            )
+            package = ModelPackage.load(folder, verify=verify)
+            return package
+        api = hub.HfApi(token=token)
+        names, commit = _remote_files(api, repo_id, revision)
+        if CONFIG_NAME not in names:
+            raise StmlError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
+        target = Path(out)
+        if target.exists() and not (target / CONFIG_NAME).is_file() and any(target.iterdir()):
+            raise StmlError(
+                f"--out {target}: exists and is not an stml package folder; choose another"
+            )
+        with tempfile.TemporaryDirectory(
+            prefix=".stml-pull-", dir=target.parent if target.parent.exists() else None
+        ) as staging:
+            hub.snapshot_download(
+                repo_id, revision=commit, token=token, local_dir=staging, library_name="stml"
+            )
+            with atomic_directory(target) as tmp:
+                for name in names:
+                    src = Path(staging) / name
+                    if not src.is_file():
+                        raise StmlError(f"{repo_id}@{commit[:12]}: {name} missing after download")
+                    dest = tmp / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dest)
+                package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
+                package.config["hub"] = {
+                    "repo_id": repo_id,
+                    "revision": revision or "main",
+                    "commit": commit,
+                }
+                package.save()
+    info(f"pulled {repo_id}@{commit[:12]} into {target}")
+    return ModelPackage.load(target, verify=verify)
