@@ -97,6 +97,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def one_line_error(result: CliResult) -> str:
+    """The single `error: ...` line of a failed command (only warnings naming skipped files
+    may precede it); no traceback, non-zero exit."""
+    lines = [
+        line for line in result.err.splitlines() if line.strip() and not line.startswith("warning:")
+    ]
+    assert result.code != 0 and "Traceback" not in result.err and len(lines) == 1, result.err
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
 @pytest.fixture
 def cli_main(capsys: pytest.CaptureFixture[str]):
     """Run `stml` in this process (fast; for argument and error handling)."""

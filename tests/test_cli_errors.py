@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAIN
-
-
-def one_line_error(result) -> str:
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert result.code != 0
-    assert "Traceback" not in result.err
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
+from tests.conftest import TINY_TRAIN, one_line_error
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from PIL import Image
 
 from stml_deploy import onnx_runtime
 from stml_deploy.package import ModelPackage, sha256_file
-from tests.conftest import EXPORT_DATA, run_cli
+from tests.conftest import EXPORT_DATA, one_line_error, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -179,15 +179,6 @@ def test_failed_parity_writes_nothing_unless_kept(tiny_package: Path, tmp_path: 
     assert sorted(p.name for p in (package / "onnx").iterdir()) == ["model.int8.onnx.failed"]
 
 
-def one_line(result) -> str:
-    """The single error line (warnings naming skipped files may precede it)."""
-    lines = [
-        line for line in result.err.splitlines() if line.strip() and not line.startswith("warning:")
-    ]
-    assert result.code != 0 and "Traceback" not in result.err and len(lines) == 1, result.err
-    return lines[0]
-
-
 def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_path: Path) -> None:
     package = copy_of(exported_package, tmp_path)
     before = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
@@ -209,7 +200,7 @@ def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_p
         ),
     ]
     for args, expected in cases:
-        line = one_line(run_cli("export", str(package), *args))
+        line = one_line_error(run_cli("export", str(package), *args))
         assert expected in line, (args, line)
     after = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
     assert after == before
@@ -218,14 +209,14 @@ def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_p
 def test_package_problems(tiny_package: Path, tmp_path: Path) -> None:
     no_weights = copy_of(tiny_package, tmp_path / "a")
     (no_weights / "model.safetensors").unlink()
-    assert "model.safetensors: missing" in one_line(
+    assert "model.safetensors: missing" in one_line_error(
         run_cli("export", str(no_weights), *EXPORT_DATA)
     )
     mismatch = copy_of(tiny_package, tmp_path / "b")
     config = json.loads((mismatch / "config.json").read_text())
     config["training"]["hyperparameters"]["aux_dim"] = 64
     (mismatch / "config.json").write_text(json.dumps(config))
-    assert "weights do not match" in one_line(run_cli("export", str(mismatch), *EXPORT_DATA))
+    assert "weights do not match" in one_line_error(run_cli("export", str(mismatch), *EXPORT_DATA))
     assert not (mismatch / "onnx").exists()
 
 
@@ -238,5 +229,5 @@ def test_trt_without_tensorrt_exits_2_with_where_to_run(exported_package: Path) 
     except ImportError:
         pass
     result = run_cli("export", str(exported_package), "--format", "trt", "--precision", "fp16")
-    line = one_line(result)
+    line = one_line_error(result)
     assert result.code == 2 and "TensorRT is not installed" in line and "Jetson" in line

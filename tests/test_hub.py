@@ -12,7 +12,7 @@ import pytest
 
 from stml_deploy.hub_transfer import package_files
 from stml_deploy.package import ModelPackage
-from tests.conftest import run_cli
+from tests.conftest import one_line_error, run_cli
 from tests.hub_server import Fault, HubServer
 
 pytestmark = pytest.mark.slow
@@ -41,14 +41,6 @@ def env_for(hub: HubServer, home: Path, token: str | None = TOKEN, **extra: str)
 
 def stml(hub: HubServer, home: Path, *args: str, token: str | None = TOKEN, **extra: str):
     return run_cli(*args, env=env_for(hub, home, token, **extra))
-
-
-def one_line(result) -> str:
-    lines = [
-        line for line in result.err.splitlines() if line.strip() and not line.startswith("warning:")
-    ]
-    assert result.code != 0 and "Traceback" not in result.err and len(lines) == 1, result.err
-    return lines[0]
 
 
 def copy_of(package: Path, dest: Path) -> Path:
@@ -113,7 +105,7 @@ def test_revisions_branches_and_prs(hub: HubServer, exported_package: Path, tmp_
     edited.save()
     pr = stml(hub, home, "push", str(package), "user/rev", "--create-pr", "--message", "proposal")
     assert pr.code == 0 and "pull request:" in pr.out
-    assert "not exist" in one_line(
+    assert "not exist" in one_line_error(
         stml(hub, home, "pull", "user/rev@no-such-branch", "--out", str(tmp_path / "x"))
     )
 
@@ -140,7 +132,7 @@ def test_cache_and_offline(
     assert offline.code == 0, offline.err
     assert (tmp_path / "e.npy").is_file()
     missing = stml(hub, home, "info", "hf://user/never-pulled", HF_HUB_OFFLINE="1")
-    assert "not in the local Hub cache" in one_line(missing)
+    assert "not in the local Hub cache" in one_line_error(missing)
 
 
 def test_python_api_from_pretrained(
@@ -174,15 +166,15 @@ def test_tampered_dropped_and_missing(
     assert stml(hub, home, "push", str(exported_package), "user/t").code == 0
     hub.storage.tamper("model", "user/t", "onnx/model.int8.onnx")
     tampered = stml(hub, home, "pull", "user/t", "--out", str(tmp_path / "t"))
-    assert "sha256 mismatch" in one_line(tampered) and "model.int8.onnx" in tampered.err
+    assert "sha256 mismatch" in one_line_error(tampered) and "model.int8.onnx" in tampered.err
     assert not (tmp_path / "t").exists()  # no half package
     assert stml(hub, home, "push", str(exported_package), "user/d").code == 0
     hub.faults.append(Fault("drop", path="model.safetensors", after=1000, times=None))
     dropped = stml(hub, tmp_path / "home2", "pull", "user/d", "--out", str(tmp_path / "d"))
-    assert "transfer failed" in one_line(dropped)
+    assert "transfer failed" in one_line_error(dropped)
     assert not (tmp_path / "d").exists()
     hub.faults.clear()
-    assert "repository not found" in one_line(
+    assert "repository not found" in one_line_error(
         stml(hub, home, "pull", "user/nothing-here", "--out", str(tmp_path / "n"))
     )
 
@@ -191,23 +183,23 @@ def test_bad_names_tokens_and_packages(
     hub: HubServer, exported_package: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    assert "not authorized" in one_line(
+    assert "not authorized" in one_line_error(
         stml(hub, home, "push", str(exported_package), "user/x", token=None)
     )
     for bad in ("no-slash", "a/b/c", "user/bad..name", "user/-bad"):
-        assert "invalid repo id" in one_line(stml(hub, home, "pull", bad)), bad
+        assert "invalid repo id" in one_line_error(stml(hub, home, "pull", bad)), bad
     broken = copy_of(exported_package, tmp_path / "broken")
     (broken / "onnx" / "model.onnx").write_bytes(b"changed after export")
     requests_before = len(hub.requests)
     refused = stml(hub, home, "push", str(broken), "user/broken")
     assert (
-        "sha256 mismatch" in one_line(refused) and len(hub.requests) == requests_before
+        "sha256 mismatch" in one_line_error(refused) and len(hub.requests) == requests_before
     )  # refused before any upload
     assert stml(hub, home, "push", str(exported_package), "user/evil").code == 0
     repo = hub.storage.get_repo("model", "user/evil", authorized=True)
     hub.storage.commit(repo, "main", [("file", "../escape.txt", b"outside")], "evil", "", "user")
     evil = stml(hub, home, "pull", "user/evil", "--out", str(tmp_path / "evil"))
-    assert "leave the package folder" in one_line(evil)
+    assert "leave the package folder" in one_line_error(evil)
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "evil").exists()
 
 
