@@ -36,8 +36,11 @@ lint:
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# needs runs/demo from `make demo` for the exported-variants benchmark
 bench: setup
 	$(BIN)/python benchmarks/pseudo_labels.py
+	$(BIN)/python benchmarks/exported_variants.py --package runs/demo/model --resnet18
+	$(BIN)/python benchmarks/search.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -34,10 +34,23 @@ app = StmlApp(
 )
 
 
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Usage-error base classes: typer >= 0.26 vendors click (typer.TyperException); older
+    typer (the releases that still run on Python 3.10, e.g. JetPack 6) uses click's."""
+    found: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    from typer._click.exceptions import NoArgsIsHelpError
-
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="stml", standalone_mode=False)
@@ -46,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except NoArgsIsHelpError as exc:
-        stdout.print(exc.format_message(), markup=False, highlight=False)
-        return 0
-    except typer.TyperException as exc:  # usage errors: bad option values, unknown options
+    except _usage_errors() as exc:  # bad option values, unknown options, no arguments
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            stdout.print(exc.format_message(), markup=False, highlight=False)
+            return 0
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         stderr.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
@@ -57,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         stderr.print("aborted", markup=False)
         return 130
+    except OSError as exc:  # files the user named: missing, a folder, no permission, disk full
+        where = f": {exc.filename}" if exc.filename else ""
+        stderr.print(f"error: {exc.strerror or exc}{where}", markup=False, soft_wrap=True)
+        return 1
     return 0
 
 
@@ -216,7 +233,9 @@ def train(
 
         cfg = init_config(recipe, given, train_config_of(open_package(init_from)).to_dict())
     else:
-        cfg = _build_config(recipe, given)
+        from training.config import build_config
+
+        cfg = build_config(recipe, given)
     if stop_after is not None and stop_after < 1:
         raise StmlError("--stop-after must be at least 1")
     source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
@@ -229,12 +248,6 @@ def train(
     package = run_training(request)
     done = package.config["training"]["epochs_done"]
     stdout.print(f"wrote {package.root} ({done}/{cfg.epochs} epochs)")
-
-
-def _build_config(recipe: str | None, given: dict[str, Any]) -> Any:
-    from training.config import build_config
-
-    return build_config(recipe, given)
 
 
 # --- eval ----------------------------------------------------------------------------------
@@ -403,7 +416,11 @@ Backend = Annotated[
     ),
 ]
 Precision = Annotated[
-    str, typer.Option("--precision", help="fp32 | fp16 | int8: which exported variant runs.")
+    str,
+    typer.Option(
+        "--precision",
+        help="auto | fp32 | fp16 | int8: which exported variant runs (auto: a TensorRT engine's precision, fp16 first, else fp32).",
+    ),
 ]
 IndexPackage = Annotated[
     str | None, typer.Option("--package", help="The index's model package, when it moved.")
@@ -416,11 +433,12 @@ IndexPrecision = Annotated[
 
 def _csv(text: str, kind: type = str) -> list[Any]:
     try:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise StmlError(
-            f"{text!r}: expected a comma-separated list of {kind.__name__} values"
-        ) from None
+        values = []
+    if not values:
+        raise StmlError(f"{text!r}: expected a comma-separated list of {kind.__name__} values")
+    return values
 
 
 @app.command()
@@ -437,7 +455,7 @@ def embed(
         ),
     ],
     backend: Backend = "auto",
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     strict: Strict = False,
 ) -> None:
@@ -490,7 +508,7 @@ def index_build(
         Path, typer.Option("--out", help="Index folder to write (replaced atomically).")
     ],
     backend: Backend = "auto",
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     kind: Annotated[str, typer.Option(help="flat (exact) | hnsw (approximate, faiss).")] = "flat",
     validate: Annotated[
         bool, typer.Option(help="Check that every image retrieves itself and report the fraction.")
@@ -511,6 +529,10 @@ def index_build(
         if fraction < 1.0:
             warn(
                 "some images do not retrieve themselves first: usually exact duplicates in the gallery"
+            )
+        if index.kind == "hnsw":
+            stdout.print(
+                f"validation: HNSW recall@10 against exact search {index.ann_recall():.4f} (up to 500 gallery images as queries)"
             )
 
 

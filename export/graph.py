@@ -46,7 +46,3 @@ def embedding_head(model: Any, tail: list[str]) -> str:
     producers = {out: node for node in model.graph.node for out in node.output}
     reduce_l2 = next(n for n in model.graph.node if n.name in tail and n.op_type == "ReduceL2")
     return producers[reduce_l2.input[0]].name
-
-
-def metadata(model: Any) -> dict[str, str]:
-    return {prop.key: prop.value for prop in model.metadata_props}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from export.parity import compare
 from export.quantize import INT8_TARGETS, quantize_int8
 from export.report import cpu_name, record
 from stml_deploy import onnx_runtime
+from stml_deploy.atomic import sibling_path
 from stml_deploy.console import info, warn
 from stml_deploy.errors import StmlError
 from stml_deploy.package import (
@@ -97,10 +97,6 @@ def _torch_embed(net: EmbeddingNet, pixels: np.ndarray, batch: int = 64) -> np.n
     )
 
 
-def _temp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 class OnnxExporter:
     def __init__(self, req: OnnxExportRequest) -> None:
         if req.int8_target not in INT8_TARGETS:
@@ -141,6 +137,8 @@ class OnnxExporter:
         info("parity images: preprocessing and torch fp32 reference")
         parity_source = _data_source(req.parity_data, req.data_root, package, "test", "parity-data")
         parity = preprocess_source(parity_source, self.spec, req.parity_size, seed=1)
+        if len(parity.pixels) < 2:
+            raise StmlError(f"{parity_source.root}: parity checks need at least 2 readable images")
         parity_ref = _torch_embed(self.net, parity.pixels)
         golden_pixels, golden_kind = golden_inputs(
             parity.pixels, req.golden_real, req.golden_random
@@ -169,7 +167,7 @@ class OnnxExporter:
         )
         for precision in req.precisions:
             final = package.path(onnx_name(precision))
-            tmp = _temp_beside(final)
+            tmp = sibling_path(final)
             try:
                 info(f"{onnx_name(precision)}: exporting")
                 extra = self._build(
@@ -210,8 +208,8 @@ class OnnxExporter:
                     written.append(onnx_name(precision))
                     if precision == "fp32":
                         fp32_source = final
-                else:
-                    package.forget_artifact(onnx_name(precision))
+                else:  # an earlier artifact of this precision, if any, stays as it was
+                    entry["artifact"] = f"{onnx_name(precision)} (rejected)"
                     if req.keep_failed:
                         os.replace(tmp, final.with_name(final.name + ".failed"))
                     failures += [f"{onnx_name(precision)}: {f}" for f in result["failures"]]
@@ -241,7 +239,7 @@ class OnnxExporter:
         base = fp32_source
         scratch = None
         if base is None:  # int8 alone: quantize from a temporary fp32 export
-            scratch = base = _temp_beside(self.package.path(onnx_name("fp32")))
+            scratch = base = sibling_path(self.package.path(onnx_name("fp32")))
             export_onnx(
                 copy.deepcopy(self.net),
                 base,

@@ -9,7 +9,6 @@ calibrator (both removed in 11) is used. Written to the documented API; NOT run 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from export.parity import compare
 from export.report import record
 from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
 from stml_deploy.console import info
-from stml_deploy.cuda_device import CudaDevice, current_device
-from stml_deploy.errors import StmlError
+from stml_deploy.cuda_device import current_device
+from stml_deploy.engine_cache import cached_engine_problem, engine_file_name, engine_key
+from stml_deploy.errors import MissingDependencyError, StmlError
 from stml_deploy.package import (
     ENGINES_DIR,
     PRECISIONS,
@@ -51,48 +51,6 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
     if not low <= opt <= high:
         raise StmlError(f"--batch {text!r}: needs MIN <= OPT <= MAX")
     return low, opt, high
-
-
-def engine_key(
-    onnx_sha: str,
-    device: CudaDevice,
-    trt_version: str,
-    precision: str,
-    profile: tuple[int, int, int],
-) -> dict[str, Any]:
-    return {
-        "onnx_sha256": onnx_sha,
-        "compute_capability": f"{device.major}.{device.minor}",
-        "tensorrt_version": trt_version,
-        "precision": precision,
-        "batch_profile": list(profile),
-    }
-
-
-def engine_file_name(key: dict[str, Any]) -> str:
-    sm = "sm" + key["compute_capability"].replace(".", "")
-    low, opt, high = key["batch_profile"]
-    return f"{key['onnx_sha256'][:12]}-{sm}-trt{key['tensorrt_version']}-{key['precision']}-b{low}_{opt}_{high}.engine"
-
-
-def cached_engine_problem(engine: Path, key: dict[str, Any]) -> str | None:
-    """Why the cached engine cannot be reused (None: its sidecar matches the key and the
-    engine file is the one the sidecar describes). Deserialization is checked by the caller."""
-    sidecar = engine.with_suffix(".json")
-    if not engine.is_file():
-        return "no engine built yet for this key"
-    if not sidecar.is_file():
-        return "the engine has no metadata sidecar"
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "its sidecar is not valid JSON"
-    differs = [k for k, v in key.items() if meta.get("key", {}).get(k) != v]
-    if differs:
-        return f"it was built for a different {', '.join(differs)}"
-    if meta.get("engine_sha256") != sha256_file(engine):
-        return "the engine file does not match its sidecar (damaged or replaced)"
-    return None
 
 
 def _onnx_for(package: ModelPackage, precision: str) -> Path:
@@ -158,6 +116,10 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     onnx_path = _onnx_for(package, req.precision)
     package.verify(only=[GOLDEN_NAME] if GOLDEN_NAME in package.artifacts else [])
     golden = load_golden(package.path(GOLDEN_NAME))
+    if str(golden["weights_sha256"]) != package.weights_sha256:
+        raise StmlError(
+            f"{package.path(GOLDEN_NAME)} belongs to other weights; re-run stml export --format onnx"
+        )
     trt = tensorrt()  # missing TensorRT or GPU: exit 2 with where to run instead
     device = current_device()
     key = engine_key(
@@ -176,7 +138,9 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
         try:
             runner = TrtEngineRunner(engine_path)
             info(f"reusing {engine_path}")
-        except StmlError as exc:
+        except MissingDependencyError:
+            raise
+        except StmlError as exc:  # does not deserialize here: rebuild
             problem = str(exc)
     if runner is None:
         info(f"building {engine_path.name} ({problem}); this takes minutes on a Jetson")
@@ -198,10 +162,6 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
         )
         runner = TrtEngineRunner(engine_path)
     try:
-        if str(golden["weights_sha256"]) != package.weights_sha256:
-            raise StmlError(
-                f"{package.path(GOLDEN_NAME)} belongs to other weights; re-run stml export --format onnx"
-            )
         out = runner.run(golden["pixels"])
     finally:
         runner.close()

@@ -12,22 +12,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stml_deploy.errors import StmlError
 
-def _sibling(path: Path, tag: str) -> Path:
+
+def sibling_path(path: Path, tag: str = "tmp") -> Path:
+    """A unique hidden name beside `path` (same folder, so a rename is atomic)."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide and not thread-safe
 
 
 def _finish_file(path: Path) -> None:
     """Flush to disk and give the usual permissions (some writers create files 0600)."""
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextmanager
@@ -36,12 +42,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     For libraries that write files themselves (safetensors, onnx, faiss)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "tmp")
+    if path.is_dir():
+        raise StmlError(f"{path} is a folder; give a file name")
+    tmp = sibling_path(path, "tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         _finish_file(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # permissions, disk full: name the file the user knows
+        raise StmlError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -66,17 +76,22 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     The old directory is moved aside first and deleted only after the new one is in place,
     so at every moment either the complete old or the complete new directory exists
     (under its own name or the `.old-` sibling)."""
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "tmp")
+    tmp = sibling_path(path, "tmp")
     tmp.mkdir()
     try:
         yield tmp
         old = None
         if path.exists():
-            old = _sibling(path, "old")
+            old = sibling_path(path, "old")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:  # put the previous version back
+                os.replace(old, path)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

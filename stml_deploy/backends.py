@@ -4,7 +4,6 @@ device (`trt`). `auto` takes the first of trt, onnx-cuda, onnx that really runs 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from stml_deploy.errors import MissingDependencyError, StmlError
 from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, onnx_name
 
 BACKENDS = ("auto", "onnx", "onnx-cuda", "trt")
+AUTO = "auto"
 
 
 @dataclass
@@ -92,53 +92,45 @@ def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backen
     )
 
 
-def find_engine(package: ModelPackage, precision: str) -> Path | None:
-    """A cached TensorRT engine built for this GPU, TensorRT version and the package's current
-    ONNX variant (largest batch profile first), or None."""
-    folder = package.root / ENGINES_DIR
-    if not folder.is_dir() or onnx_name(precision) not in package.artifacts:
-        return None
+def find_engine(package: ModelPackage, precision: str) -> tuple[str, Path] | None:
+    """(precision, engine) of a cached TensorRT engine valid on this GPU and TensorRT version for
+    the package's current ONNX variant; precision "auto" takes fp16, then int8, then fp32; among
+    engines of one precision the largest batch profile wins."""
     from stml_deploy.cuda_device import current_device
+    from stml_deploy.engine_cache import PRECISION_PREFERENCE, usable_engines
     from stml_deploy.trt_runtime import tensorrt
 
-    trt, device = tensorrt(), current_device()
-    onnx_sha = package.artifacts[onnx_name(precision)]["sha256"]
-    found = []
-    for sidecar in folder.glob("*.json"):
-        try:
-            key = json.loads(sidecar.read_text(encoding="utf-8")).get("key", {})
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        engine = sidecar.with_suffix(".engine")
-        if (
-            engine.is_file()
-            and key.get("onnx_sha256") == onnx_sha
-            and key.get("compute_capability") == f"{device.major}.{device.minor}"
-            and key.get("tensorrt_version") == trt.__version__
-            and key.get("precision") == precision
-        ):
-            found.append((key.get("batch_profile", [0, 0, 0])[2], engine))
-    return max(found)[1] if found else None
+    trt, device = tensorrt(), current_device()  # a missing TensorRT or GPU is said first
+    onnx_sha = {
+        p: package.artifacts[onnx_name(p)]["sha256"]
+        for p in PRECISIONS
+        if onnx_name(p) in package.artifacts
+    }
+    found = usable_engines(package.root / ENGINES_DIR, onnx_sha, device, trt.__version__)
+    order = PRECISION_PREFERENCE if precision == AUTO else (precision,)
+    for wanted in order:
+        candidates = [(batch, engine) for p, batch, engine in found if p == wanted]
+        if candidates:
+            return wanted, max(candidates)[1]
+    return None
 
 
 def _trt(package: ModelPackage, precision: str) -> Backend:
-    from stml_deploy.cuda_device import current_device
-    from stml_deploy.trt_runtime import tensorrt
-
-    tensorrt()  # a missing TensorRT or GPU is the first thing to say
-    current_device()
-    engine = find_engine(package, precision)
-    if engine is None:
+    found = find_engine(package, precision)
+    if found is None:
+        which = "" if precision == AUTO else f"{precision} "
+        example = "fp16" if precision == AUTO else precision
         raise StmlError(
-            f"{package.root}: no TensorRT engine for {precision} on this device; build it with: "
-            f"stml export {package.root} --format trt --precision {precision}"
+            f"{package.root}: no {which}TensorRT engine for this device; build one with: "
+            f"stml export {package.root} --format trt --precision {example}"
         )
     from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
 
+    chosen, engine = found
     runner = TrtEngineRunner(engine)
     return Backend(
         "trt",
-        precision,
+        chosen,
         f"tensorrt {tensorrt().__version__} ({engine.name})",
         runner,
         runner.max_batch,
@@ -146,30 +138,30 @@ def _trt(package: ModelPackage, precision: str) -> Backend:
 
 
 def open_backend(
-    package: ModelPackage,
-    backend: str = "auto",
-    precision: str = "fp32",
-    threads: int | None = None,
+    package: ModelPackage, backend: str = "auto", precision: str = AUTO, threads: int | None = None
 ) -> Backend:
+    """The backend to run. precision "auto": with a TensorRT engine, the engine's precision
+    (fp16 first); otherwise fp32."""
     if backend not in BACKENDS:
         raise StmlError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise StmlError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
-    package.verify(only=[onnx_name(precision)] if onnx_name(precision) in package.artifacts else [])
+    if precision != AUTO and precision not in PRECISIONS:
+        raise StmlError(f"unknown precision {precision!r}; one of auto, {', '.join(PRECISIONS)}")
+    onnx_precision = "fp32" if precision == AUTO else precision
+    if onnx_name(onnx_precision) in package.artifacts:
+        package.verify(only=[onnx_name(onnx_precision)])
     size = package.preprocessing.image_size
     if backend == "onnx":
-        return _onnx_cpu(package, precision, threads)
+        return _onnx_cpu(package, onnx_precision, threads)
     if backend == "onnx-cuda":
-        return _onnx_cuda(package, precision, size)
+        return _onnx_cuda(package, onnx_precision, size)
     if backend == "trt":
         return _trt(package, precision)
-    chosen = None
-    for attempt in (_trt, lambda p, q: _onnx_cuda(p, q, size)):
+    for attempt in (
+        lambda: _trt(package, precision),
+        lambda: _onnx_cuda(package, onnx_precision, size),
+    ):
         try:
-            chosen = attempt(package, precision)
-            break
+            return attempt()
         except StmlError:  # not available here (MissingDependencyError included): next one
             continue
-    if chosen is None:
-        chosen = _onnx_cpu(package, precision, threads)
-    return chosen
+    return _onnx_cpu(package, onnx_precision, threads)

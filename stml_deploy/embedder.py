@@ -39,7 +39,7 @@ class Embedder:
         self,
         package: ModelPackage,
         backend: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         batch_size: int = 32,
         threads: int | None = None,
     ) -> None:

@@ -7,6 +7,8 @@ serves HF_HUB_OFFLINE=1."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import os
 import sys
@@ -131,6 +133,25 @@ def package_files(package: ModelPackage) -> list[str]:
     return files
 
 
+def publishable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json as uploaded: local folder paths of the training data are reduced to their
+    folder name (they say nothing to others and may say too much about this machine)."""
+    out = copy.deepcopy(config)
+    data = out.get("training", {}).get("data", {})
+    ref = data.get("ref") or {}
+    if data.get("kind") == "folder" or (ref.get("data") and Path(str(ref["data"])).is_absolute()):
+        if "root" in data:
+            data["root"] = Path(str(data["root"])).name
+        if ref.get("data"):
+            ref["data"] = Path(str(ref["data"])).name
+    if isinstance(data, dict) and str(data.get("name", "")).startswith("folder /"):
+        data["name"] = f"folder {Path(str(data['name'])[7:]).name}"
+    if ref.get("data_root"):
+        ref["data_root"] = None
+    out.pop("hub", None)
+    return out
+
+
 def push_package(
     package_ref: str,
     repo_id: str,
@@ -154,8 +175,12 @@ def push_package(
         readme_bytes, readme_kind = user_readme.read_bytes(), "yours"
     else:
         readme_bytes, readme_kind = render_card(package, repo_id).encode("utf-8"), "generated"
+    config_bytes = (json.dumps(publishable_config(package.config), indent=2) + "\n").encode("utf-8")
     operations = [
-        hub.CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(package.path(rel)))
+        hub.CommitOperationAdd(
+            path_in_repo=rel,
+            path_or_fileobj=config_bytes if rel == CONFIG_NAME else str(package.path(rel)),
+        )
         for rel in files
     ]
     operations.append(hub.CommitOperationAdd(path_in_repo=README, path_or_fileobj=readme_bytes))
@@ -248,14 +273,17 @@ def download_package(
         names, commit = _remote_files(api, repo_id, revision)
         if CONFIG_NAME not in names:
             raise StmlError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
-        target = Path(out)
-        if target.exists() and not (target / CONFIG_NAME).is_file() and any(target.iterdir()):
+        target = Path(out).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)  # staging sits beside it: same filesystem
+        if (
+            target.exists()
+            and not (target / CONFIG_NAME).is_file()
+            and (target.is_file() or any(target.iterdir()))
+        ):
             raise StmlError(
                 f"--out {target}: exists and is not an stml package folder; choose another"
             )
-        with tempfile.TemporaryDirectory(
-            prefix=".stml-pull-", dir=target.parent if target.parent.exists() else None
-        ) as staging:
+        with tempfile.TemporaryDirectory(prefix=".stml-pull-", dir=target.parent) as staging:
             hub.snapshot_download(
                 repo_id, revision=commit, token=token, local_dir=staging, library_name="stml"
             )

@@ -33,10 +33,12 @@ ENGINES = ("auto", "faiss", "numpy")
 def faiss_module() -> Any | None:
     try:
         import faiss
-
-        return faiss
     except ImportError:
         return None
+    # faiss 1.15 switches exact search to BLAS only from 128,000 queries; from 20 queries on
+    # BLAS is 5x faster here (100 queries over 100k x 128: 3,200 instead of 630 queries/s)
+    faiss.cvar.distance_compute_blas_threshold = 20
+    return faiss
 
 
 def _now() -> str:
@@ -92,8 +94,12 @@ class GalleryIndex:
         index.extend(vectors, paths, labels)
         return index
 
-    def extend(self, vectors: np.ndarray, paths: list[str], labels: list[int] | None = None) -> int:
+    def extend(
+        self, vectors: np.ndarray, paths: list[str], labels: list[int | None] | None = None
+    ) -> int:
         """Append new items (paths already in the index are skipped); returns how many."""
+        if self.kind == "hnsw" and faiss_module() is None:
+            raise StmlError("adding to an HNSW index needs faiss: pip install 'stml[index]'")
         if vectors.shape[1:] != (self.dim,):
             raise StmlError(
                 f"vectors of dim {vectors.shape[1:]} do not fit an index of dim {self.dim}"
@@ -108,7 +114,11 @@ class GalleryIndex:
         new = np.ascontiguousarray(vectors[keep], dtype=np.float32)
         self.vectors = np.concatenate([np.asarray(self.vectors), new])
         self.items += [
-            {"id": start + n, "path": paths[i], "label": None if labels is None else int(labels[i])}
+            {
+                "id": start + n,
+                "path": paths[i],
+                "label": None if labels is None or labels[i] is None else int(labels[i]),
+            }
             for n, i in enumerate(keep)
         ]
         self.meta["count"] = len(self.items)
@@ -121,7 +131,8 @@ class GalleryIndex:
         return len(keep)
 
     def save(self, root: str | os.PathLike[str]) -> None:
-        root = Path(root)
+        root = Path(root).resolve()
+        check_index_target(root)
         with atomic_directory(root) as tmp:
             np.save(tmp / VECTORS_NAME, np.asarray(self.vectors, dtype=np.float32))
             with open(tmp / ITEMS_NAME, "w", encoding="utf-8") as fh:
@@ -232,6 +243,9 @@ class GalleryIndex:
             hnsw = self._hnsw_index()
             hnsw.hnsw.efSearch = max(self.meta["hnsw"]["ef_search"], k)
             scores, indices = hnsw.search(queries, k)
+            if (indices < 0).any():  # HNSW found fewer than k: pad with the best found (rare)
+                indices = np.where(indices < 0, indices[:, :1], indices)
+                scores = np.where(np.isfinite(scores), scores, scores[:, :1])
         elif faiss is not None:
             scores, indices = faiss.knn(
                 queries, np.ascontiguousarray(self.vectors), k, metric=faiss.METRIC_INNER_PRODUCT
@@ -251,6 +265,19 @@ class GalleryIndex:
             hits += int((found == np.arange(start, start + len(part))).sum())
         return hits / max(self.count, 1)
 
+    def ann_recall(self, k: int = 10, sample: int = 500, seed: int = 0) -> float:
+        """Recall@k of this HNSW index against exact search, gallery items as queries."""
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(self.count, size=min(sample, self.count), replace=False))
+        queries = np.asarray(self.vectors[rows])
+        approx = self.search(queries, k).indices
+        exact = exact_search_numpy(np.asarray(self.vectors), queries, min(k, self.count))[1]
+        return float(
+            np.mean(
+                [len(set(a) & set(b)) / exact.shape[1] for a, b in zip(approx, exact, strict=True)]
+            )
+        )
+
     def leave_one_out_recall_at_1(self, engine: str = "auto", batch: int = 4096) -> float | None:
         """Recall@1 over the gallery, each item querying all others (needs labels)."""
         labels = np.array([-1 if i["label"] is None else i["label"] for i in self.items])
@@ -264,6 +291,19 @@ class GalleryIndex:
             nearest = np.where(found[:, 0] == own, found[:, 1], found[:, 0])
             hits += int((labels[nearest] == labels[own]).sum())
         return hits / self.count
+
+
+def check_index_target(root: Path) -> None:
+    """An index may replace an index or fill an empty or new folder, nothing else: the swap
+    deletes what was there."""
+    if (
+        root.exists()
+        and not (root / META_NAME).is_file()
+        and (root.is_file() or any(root.iterdir()))
+    ):
+        raise StmlError(
+            f"{root}: exists and is not a gallery index; choose another --out (nothing was written)"
+        )
 
 
 def exact_search_numpy(

@@ -20,7 +20,8 @@ def _eval_results(package: ModelPackage) -> list[Any]:
         if split.endswith("_initial") or not isinstance(values, dict):
             continue
         data = values.get("data", {}) if isinstance(values.get("data"), dict) else {}
-        dataset = str(data.get("ref", {}).get("data") or data.get("name") or split)
+        ref = data.get("ref", {})
+        dataset = "image-folder" if data.get("kind") == "folder" else str(ref.get("data") or split)
         for metric in METRICS:
             if metric in values:
                 results.append(
@@ -28,7 +29,7 @@ def _eval_results(package: ModelPackage) -> list[Any]:
                         task_type="image-feature-extraction",
                         task_name="image retrieval (held-out classes)",
                         dataset_type=dataset,
-                        dataset_name=str(data.get("name", dataset)),
+                        dataset_name=str(data.get("name", dataset)).split("/")[-1],
                         dataset_split=split,
                         metric_type=metric,
                         metric_name=metric.replace("_at_", "@").replace("_", " "),

@@ -13,7 +13,7 @@ from stml_deploy.errors import StmlError
 from stml_deploy.grid import MATCH, MISMATCH, QUERY, UNKNOWN, Tile, draw_grid
 from stml_deploy.hub import open_package
 from stml_deploy.images import expand_image_args, folder_labels
-from stml_deploy.index import GalleryIndex
+from stml_deploy.index import GalleryIndex, check_index_target
 
 
 def _model_record(embedder: Embedder, package_ref: str) -> dict[str, Any]:
@@ -43,11 +43,12 @@ def build_index(
     gallery: list[str],
     out: str | os.PathLike[str],
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     kind: str = "flat",
     strict: bool = False,
     batch_size: int = 32,
 ) -> GalleryIndex:
+    check_index_target(Path(out).resolve())  # before minutes of embedding
     paths, labels, names = gallery_paths(gallery)
     with Embedder(open_package(package_ref), backend, precision, batch_size) as embedder:
         result = embedder.embed_paths(paths, strict=strict, description="embedding gallery")
@@ -108,14 +109,8 @@ def add_to_index(
     paths = expand_image_args(images)
     with _embedder_for(index, package_ref, backend, precision, batch_size) as embedder:
         result = embedder.embed_paths(paths, strict=strict, description="embedding new images")
-    labels = None
-    if index.class_names is not None:  # keep labels when the new images sit in known class folders
-        guessed = [query_label(index, p) for p in result.items]
-        labels = guessed if all(label is not None for label in guessed) else None
-        if labels is None:
-            index.meta["class_names"] = None
-            for item in index.items:
-                item["label"] = None
+    # new images in a folder named like one of the index's classes get that label
+    labels = [query_label(index, p) for p in result.items] if index.class_names else None
     added = index.extend(result.vectors, [str(Path(p).resolve()) for p in result.items], labels)
     if added:
         index.save(index_path)
@@ -147,6 +142,7 @@ def search(
     strict: bool = False,
 ) -> tuple[GalleryIndex, list[QueryHits]]:
     index = GalleryIndex.load(index_path)
+    # checked here too, before the queries are embedded
     if index.count == 0:
         raise StmlError(f"{index_path}: the index is empty; add images with stml index add")
     if k < 1:

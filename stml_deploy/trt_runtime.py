@@ -135,8 +135,8 @@ class TrtEngineRunner:
                 f"{engine_path}: expected one input and one output, found {inputs} -> {outputs}"
             )
         self.input, self.output = inputs[0], outputs[0]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input, 0)
-        self.max_batch = int(max_shape[0])
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input, 0)
+        self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.item_shape = tuple(int(d) for d in max_shape[1:])
         self.dim = int(self.engine.get_tensor_shape(self.output)[-1])
         self.buffers = _buffers()
@@ -152,8 +152,15 @@ class TrtEngineRunner:
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
         for start in range(0, len(pixels), self.max_batch):
             chunk = np.ascontiguousarray(pixels[start : start + self.max_batch])
+            rows = len(chunk)
+            if rows < self.min_batch:  # below the profile's minimum: pad with blank images
+                pad = np.zeros((self.min_batch - rows, *chunk.shape[1:]), dtype=np.uint8)
+                chunk = np.ascontiguousarray(np.concatenate([chunk, pad]))
             result = np.empty((len(chunk), self.dim), dtype=np.float32)
-            self.context.set_input_shape(self.input, chunk.shape)
+            if not self.context.set_input_shape(self.input, chunk.shape):
+                raise StmlError(
+                    f"TensorRT rejected input shape {list(chunk.shape)} (engine profile batch {self.min_batch}..{self.max_batch})"
+                )
             self.context.set_tensor_address(self.input, self.input_ptr)
             self.context.set_tensor_address(self.output, self.output_ptr)
             self.buffers.to_device(self.input_ptr, chunk)
@@ -161,7 +168,7 @@ class TrtEngineRunner:
                 raise StmlError("TensorRT execution failed (execute_async_v3 returned False)")
             self.buffers.to_host(result, self.output_ptr)
             self.buffers.synchronize()
-            out[start : start + len(chunk)] = result
+            out[start : start + rows] = result[:rows]
         return out
 
     def close(self) -> None:

@@ -110,9 +110,7 @@ def test_bench_cli_reports_speed_and_parity(exported_package: Path) -> None:
     combos = {(r["backend"], r["precision"], r["batch"]) for r in data["rows"]}
     assert combos == {("onnx", p, b) for p in ("fp32", "fp16", "int8") for b in (1, 4)}
     for row in data["rows"]:
-        assert (
-            row["median_ms"] > 0 and row["images_per_s"] > 0 and row["p90_ms"] >= row["median_ms"]
-        )
+        assert row["median_ms"] > 0 and row["images_per_s"] > 0
         assert row["parity"]["cosine_min"] > (0.9999 if row["precision"] == "fp32" else 0.95)
     assert any(
         note.startswith("trt fp32, fp16, int8: TensorRT is not installed")

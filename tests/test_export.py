@@ -173,10 +173,29 @@ def test_failed_parity_writes_nothing_unless_kept(tiny_package: Path, tmp_path: 
         "onnx/model.int8.onnx" not in json.loads((package / "config.json").read_text())["artifacts"]
     )
     report = json.loads((package / "parity/report.json").read_text())["results"]
-    assert [e["passed"] for e in report if e["artifact"] == "onnx/model.int8.onnx"] == [False]
+    assert [e["passed"] for e in report if e["artifact"] == "onnx/model.int8.onnx (rejected)"] == [
+        False
+    ]
     kept = run_cli(*args, "--keep-failed")
     assert kept.code == 1 and (package / "onnx/model.int8.onnx.failed").is_file()
     assert sorted(p.name for p in (package / "onnx").iterdir()) == ["model.int8.onnx.failed"]
+
+
+def test_failed_re_export_keeps_the_good_artifact(exported_package: Path, tmp_path: Path) -> None:
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(70):
+        Image.new("RGB", (32, 32)).save(black / f"{i}.png")
+    package = copy_of(exported_package, tmp_path)
+    good = (package / "onnx/model.int8.onnx").read_bytes()
+    result = run_cli(
+        "export", str(package), "--precision", "int8", *EXPORT_DATA, "--calib", str(black)
+    )
+    assert result.code == 1 and "parity failed" in result.err
+    assert (package / "onnx/model.int8.onnx").read_bytes() == good
+    ModelPackage.load(package).verify(only=["onnx/model.int8.onnx"])  # still recorded, hash matches
+    report = json.loads((package / "parity/report.json").read_text())["results"]
+    assert [e["passed"] for e in report if e["artifact"] == "onnx/model.int8.onnx"] == [True]
 
 
 def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_path: Path) -> None:
@@ -221,7 +240,6 @@ def test_package_problems(tiny_package: Path, tmp_path: Path) -> None:
 
 
 def test_trt_without_tensorrt_exits_2_with_where_to_run(exported_package: Path) -> None:
-    pytest.importorskip("onnx")  # always present here; the point is tensorrt's absence
     try:
         import tensorrt  # noqa: F401
 

@@ -265,3 +265,31 @@ def test_training_from_the_hub(hub: HubServer, exported_package: Path, tmp_path:
     with safe_open(str(hub_backbone / "model.safetensors"), "pt") as fh:
         got = fh.get_tensor("backbone.net.conv1.0.weight")
     assert (got - expected).abs().max() < 1e-6
+
+
+def test_pull_and_hf_refs_without_torch(
+    hub: HubServer, exported_package: Path, digit_folder: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_torch_free import BLOCK_TORCH
+
+    home = tmp_path / "home"
+    assert stml(hub, home, "push", str(exported_package), "user/edge").code == 0
+    env = {**os.environ, **env_for(hub, home)}
+    for args in (
+        ["pull", "user/edge", "--out", str(tmp_path / "edge")],
+        ["index", "build", "hf://user/edge", str(digit_folder), "--out", str(tmp_path / "idx")],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", BLOCK_TORCH, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert ModelPackage.load(tmp_path / "edge").config["hub"]["repo_id"] == "user/edge"

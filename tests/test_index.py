@@ -165,6 +165,8 @@ def test_index_refuses_other_models_and_keeps_the_old_index(
     query = str(next(digit_folder.rglob("*.png")))
     refused = run_cli("search", str(index_dir), query, "--package", str(other))
     assert refused.code == 1 and "not the model this index was built with" in refused.err
+    refused_add = run_cli("index", "add", str(index_dir), query, "--package", str(other))
+    assert refused_add.code == 1 and "not the model this index was built with" in refused_add.err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"")
@@ -184,3 +186,36 @@ def test_index_refuses_other_models_and_keeps_the_old_index(
         str(tmp_path / "x"),
     )
     assert nothing.code == 1 and "no such file or folder" in nothing.err
+
+
+@pytest.mark.slow
+def test_hnsw_cli_labels_on_add_and_safe_out(
+    exported_package: Path, digit_folder: Path, tmp_path: Path
+) -> None:
+    index_dir = tmp_path / "hnsw.idx"
+    built = run_cli(
+        "index",
+        "build",
+        str(exported_package),
+        str(digit_folder),
+        "--out",
+        str(index_dir),
+        "--kind",
+        "hnsw",
+        "--validate",
+    )
+    assert built.code == 0, built.err
+    assert "HNSW recall@10 against exact search" in built.out
+    loose = tmp_path / "loose.png"  # outside any class folder: unlabelled, the others keep theirs
+    shutil.copy(next(digit_folder.rglob("*.png")), loose)
+    assert run_cli("index", "add", str(index_dir), str(loose)).code == 0
+    items = [json.loads(line) for line in (index_dir / "items.jsonl").read_text().splitlines()]
+    assert items[-1]["label"] is None and all(i["label"] is not None for i in items[:-1])
+    photos = tmp_path / "photos"  # a folder of the user's that is not an index
+    photos.mkdir()
+    (photos / "keep.txt").write_text("precious")
+    refused = run_cli(
+        "index", "build", str(exported_package), str(digit_folder), "--out", str(photos)
+    )
+    assert refused.code == 1 and "not a gallery index" in refused.err
+    assert (photos / "keep.txt").read_text() == "precious"

@@ -52,6 +52,9 @@ def test_edge_commands_without_torch(
     exported_package: Path, digit_folder: Path, tmp_path: Path
 ) -> None:
     package = str(exported_package)
+    import shutil
+
+    shutil.copy(next(digit_folder.rglob("*.png")), tmp_path / "extra.png")
     steps = [
         ("info", package, "--json"),
         (
@@ -83,6 +86,7 @@ def test_edge_commands_without_torch(
             str(tmp_path / "g.png"),
         ),
         ("bench", package, "--backends", "onnx", "--batch-sizes", "1", "--repeats", "2", "--json"),
+        ("index", "add", str(tmp_path / "idx"), str(tmp_path / "extra.png")),
         ("index", "info", str(tmp_path / "idx")),
     ]
     for step in steps:

@@ -51,6 +51,10 @@ class TrainConfig:
             )
         if self.batch_size < self.neighbours:
             raise StmlError("--batch-size must be at least --neighbours")
+        if self.neighbours * self.views < 2:
+            raise StmlError(
+                "--neighbours x --views must be at least 2 (the pseudo labels compare each image with others)"
+            )
 
     @property
     def topk(self) -> int:

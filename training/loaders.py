@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stml_deploy.errors import ImageLoadError
+from stml_deploy.errors import ImageLoadError, StmlError
 from stml_deploy.preprocess import PreprocessSpec
 from training.sources import ImageSource
 from training.transforms import MultiViewAugment, eval_transform
@@ -66,6 +65,10 @@ def eval_loader(
     source: ImageSource, spec: PreprocessSpec, batch_size: int, workers: int | None = None
 ) -> DataLoader:
     workers = default_workers() if workers is None else workers
+    if batch_size < 1 or workers < 0:
+        raise StmlError(
+            f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})"
+        )
     return DataLoader(
         EvalDataset(source, spec),
         batch_size=batch_size,
@@ -73,8 +76,3 @@ def eval_loader(
         num_workers=workers,
         persistent_workers=False,
     )
-
-
-def subset_indices(total: int, bad: list[int]) -> np.ndarray:
-    bad_set = set(bad)
-    return np.array([i for i in range(total) if i not in bad_set], dtype=np.int64)

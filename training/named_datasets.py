@@ -195,10 +195,10 @@ def resolve_source(
     return source
 
 
-def resolve_ref(ref: dict[str, Any], split: str | None = None) -> ImageSource:
+def resolve_ref(ref: dict[str, Any]) -> ImageSource:
     """Re-open the data a package was trained on (as recorded in config.json), e.g. as the
-    default calibration set; `split` overrides the recorded split of a named dataset."""
+    default calibration set."""
     try:
-        return resolve_source(ref["data"], ref.get("data_root"), split or ref.get("split", "train"))
+        return resolve_source(ref["data"], ref.get("data_root"), ref.get("split", "train"))
     except (StmlError, KeyError) as exc:
         raise StmlError(f"the package's training data is not reachable here ({exc})") from None

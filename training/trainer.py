@@ -70,9 +70,17 @@ def _prepare_out(req: TrainRequest) -> None:
         )
     if out.exists() and not out.is_dir():
         raise StmlError(f"--out {out}: exists and is not a folder")
-    if req.overwrite:
-        for sub in (STATE_DIR, ONNX_DIR, PARITY_DIR, ENGINES_DIR):
-            shutil.rmtree(out / sub, ignore_errors=True)
+
+
+def _clear_derived(out: Path) -> None:
+    """ONNX variants, parity results and engines belong to the weights they were made from:
+    they go when this run writes its first new weights (not earlier, so a run that fails to
+    start leaves the old package whole)."""
+    stale = [sub for sub in (ONNX_DIR, PARITY_DIR, ENGINES_DIR) if (out / sub).exists()]
+    for sub in stale:
+        shutil.rmtree(out / sub, ignore_errors=True)
+    if stale:
+        info(f"{out}: removed {', '.join(stale)} (made from the previous weights; export again)")
 
 
 def _optimizer(student: EmbeddingNet, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -256,6 +264,8 @@ class Trainer:
                 epoch + 1, global_step, cfg.to_dict(), req.source.summary(), history,
                 sorted(set(range(len(req.source))) - set(self.active.tolist())),
             )  # fmt: skip
+            if epoch == start_epoch:
+                _clear_derived(req.out)
             save_state(req.out, student, teacher, optimizer, scheduler, saved)
             package = self._write_package(student, saved)
         assert package is not None
@@ -288,14 +298,7 @@ class Trainer:
         return terms.as_floats()
 
     def _check_resume(self, saved: Progress) -> None:
-        if saved.config != self.cfg.to_dict():
-            diff = sorted(
-                k for k in self.cfg.to_dict() if saved.config.get(k) != self.cfg.to_dict()[k]
-            )
-            raise StmlError(
-                f"{self.req.out}: --resume with different options than the run began with "
-                f"({', '.join(diff)}); drop those options to continue the saved run"
-            )
+        """The options come from the saved run (resume_config); the data must be the same."""
         now = self.req.source.summary()
         if saved.data.get("images") != now.get("images") or saved.data.get("name") != now.get(
             "name"

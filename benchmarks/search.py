@@ -1,0 +1,100 @@
+"""Benchmark: gallery search, side by side in one run.
+
+    .venv/bin/python benchmarks/search.py [--sizes 100000,1000000] [--dims 128,512] [--hnsw 100000x128,100000x512,1000000x128]
+
+Random unit vectors (the hardest case for approximate search: no cluster structure), a batch
+of 100 queries, k = 10. Exact: faiss (faiss.knn, inner product, BLAS from 20 queries as stml sets it) vs numpy (chunked matmul +
+argpartition, stml_deploy.index.exact_search_numpy). HNSW (faiss IndexHNSWFlat, M 32,
+efConstruction 200, efSearch 128, as stml's --kind hnsw): build time, recall@10 against exact
+and speed-up over faiss exact."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import faiss
+import numpy as np
+
+from stml_deploy.index import GalleryIndex, exact_search_numpy, faiss_module
+
+
+def unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def best_of(fn, repeats: int = 3) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--dims", default="128,512")
+    parser.add_argument("--hnsw", default="100000x128,100000x512,1000000x128")
+    parser.add_argument("--queries", type=int, default=100)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), numpy {np.__version__}; "
+          f"{args.queries} queries, k = 10, best of 3")  # fmt: skip
+    print(
+        "\n| gallery | dim | faiss exact (queries/s) | numpy exact (queries/s) | faiss / numpy | same top-10 |"
+    )
+    print("|---|---|---|---|---|---|")
+    exact_speed: dict[tuple[int, int], float] = {}
+    hnsw_wanted = {tuple(int(v) for v in item.split("x")) for item in args.hnsw.split(",") if item}
+    hnsw_rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        for d in (int(s) for s in args.dims.split(",")):
+            gallery, queries = unit(n, d, 0), unit(args.queries, d, 1)
+            t_faiss, (_, found_faiss) = best_of(
+                lambda g=gallery, q=queries: faiss_module().knn(
+                    q, g, 10, metric=faiss.METRIC_INNER_PRODUCT
+                )
+            )
+            t_numpy, (_, found_numpy) = best_of(
+                lambda g=gallery, q=queries: exact_search_numpy(g, q, 10)
+            )
+            same = float(np.mean(found_faiss == found_numpy))
+            exact_speed[(n, d)] = args.queries / t_faiss
+            print(
+                f"| {n:,} | {d} | {args.queries / t_faiss:,.0f} | {args.queries / t_numpy:,.0f} | {t_numpy / t_faiss:.1f}x | {same:.3f} |",
+                flush=True,
+            )
+            if (n, d) in hnsw_wanted:
+                model = {
+                    "name": "bench",
+                    "weights_sha256": "0" * 64,
+                    "package": "-",
+                    "embedding_dim": d,
+                }
+                started = time.perf_counter()
+                index = GalleryIndex.create(model, gallery, [str(i) for i in range(n)], kind="hnsw")
+                build = time.perf_counter() - started
+                t_hnsw, result = best_of(lambda ix=index, q=queries: ix.search(q, 10))
+                recall = np.mean(
+                    [
+                        len(set(a) & set(b)) / 10
+                        for a, b in zip(result.indices, found_faiss, strict=True)
+                    ]
+                )
+                hnsw_rows.append(
+                    f"| {n:,} | {d} | {build:.0f} | {recall:.3f} | {args.queries / t_hnsw:,.0f} | {t_faiss / t_hnsw:.1f}x |"
+                )
+            del gallery
+    print(
+        "\n| gallery | dim | HNSW build (s) | recall@10 vs exact | HNSW queries/s | speed-up over faiss exact |"
+    )
+    print("|---|---|---|---|---|---|")
+    print("\n".join(hnsw_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The TensorRT engine cache in a package's engines/ folder (DESIGN §2, §5): an engine is
+tied to (onnx sha, GPU compute capability, TensorRT version, precision, batch profile); each
+has a JSON sidecar with that key and the engine's own sha256. Used by the build (reuse or
+rebuild) and by the runtime (which engine runs here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stml_deploy.cuda_device import CudaDevice
+from stml_deploy.package import sha256_file
+
+# what a runtime may pick when the caller did not ask for a precision
+PRECISION_PREFERENCE = ("fp16", "int8", "fp32")
+
+
+def engine_key(
+    onnx_sha: str,
+    device: CudaDevice,
+    trt_version: str,
+    precision: str,
+    profile: tuple[int, int, int],
+) -> dict[str, Any]:
+    return {
+        "onnx_sha256": onnx_sha,
+        "compute_capability": f"{device.major}.{device.minor}",
+        "tensorrt_version": trt_version,
+        "precision": precision,
+        "batch_profile": list(profile),
+    }
+
+
+def engine_file_name(key: dict[str, Any]) -> str:
+    sm = "sm" + key["compute_capability"].replace(".", "")
+    low, opt, high = key["batch_profile"]
+    return f"{key['onnx_sha256'][:12]}-{sm}-trt{key['tensorrt_version']}-{key['precision']}-b{low}_{opt}_{high}.engine"
+
+
+def _sidecar(engine: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(engine.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def cached_engine_problem(engine: Path, key: dict[str, Any]) -> str | None:
+    """Why the cached engine cannot be reused (None: its sidecar matches the key and the
+    engine file is the one the sidecar describes). Deserialization is checked by the caller."""
+    if not engine.is_file():
+        return "no engine built yet for this key"
+    if not engine.with_suffix(".json").is_file():
+        return "the engine has no metadata sidecar"
+    meta = _sidecar(engine)
+    if meta is None:
+        return "its sidecar is not valid JSON"
+    differs = [k for k, v in key.items() if meta.get("key", {}).get(k) != v]
+    if differs:
+        return f"it was built for a different {', '.join(differs)}"
+    if meta.get("engine_sha256") != sha256_file(engine):
+        return "the engine file does not match its sidecar (damaged or replaced)"
+    return None
+
+
+def usable_engines(
+    folder: Path, onnx_sha: dict[str, str], device: CudaDevice, trt_version: str
+) -> list[tuple[str, int, Path]]:
+    """(precision, max batch, engine) for every cached engine valid on this device for the
+    package's current ONNX variants (`onnx_sha`: precision -> sha256)."""
+    found = []
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        engine = sidecar.with_suffix(".engine")
+        meta = _sidecar(engine) or {}
+        key = meta.get("key", {})
+        precision = key.get("precision")
+        if precision not in onnx_sha:
+            continue
+        wanted = engine_key(
+            onnx_sha[precision],
+            device,
+            trt_version,
+            precision,
+            tuple(key.get("batch_profile", (0, 0, 0))),
+        )
+        if cached_engine_problem(engine, wanted) is None:
+            found.append((precision, int(wanted["batch_profile"][2]), engine))
+    return found
