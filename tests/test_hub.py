@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from stml_deploy.hub_transfer import package_files
 from stml_deploy.package import ModelPackage
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import ROOT, one_line_error, run_cli
 from tests.hub_server import Fault, HubServer
 
 pytestmark = pytest.mark.slow
@@ -37,6 +39,21 @@ def env_for(hub: HubServer, home: Path, token: str | None = TOKEN, **extra: str)
     )
     env["HF_TOKEN"] = token or ""
     return env
+
+
+def python_with_hub(
+    hub: HubServer, home: Path, code: str, *argv: str
+) -> subprocess.CompletedProcess:
+    """`python -c code argv...` in the project folder, pointed at the loopback Hub."""
+    env = {**os.environ, **env_for(hub, home)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def stml(hub: HubServer, home: Path, *args: str, token: str | None = TOKEN, **extra: str):
@@ -146,15 +163,7 @@ def test_python_api_from_pretrained(
         f"r = e.embed_paths(sorted(__import__('pathlib').Path('{digit_folder}').rglob('*.png'))[:5], show_progress=False); "
         "print(json.dumps(list(r.vectors.shape)))"
     )
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_for(hub, home)},
-    )
+    proc = python_with_hub(hub, home, script)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [5, 16]
 
@@ -238,19 +247,11 @@ def test_training_from_the_hub(hub: HubServer, exported_package: Path, tmp_path:
         json.loads((out / "config.json").read_text())["training"]["init_from"] == "hf://user/start"
     )
 
-    import subprocess
-    import sys
-
     push_timm = (
         "import timm, torch; torch.manual_seed(3); m = timm.create_model('test_resnet', pretrained=False); "
         "timm.models.push_to_hf_hub(m, 'user/test-resnet-weights')"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", push_timm],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_for(hub, home)},
-    )
+    proc = python_with_hub(hub, home, push_timm)
     assert proc.returncode == 0, proc.stderr
     hub_backbone = tmp_path / "hub_backbone"
     args = ["train", "digits", "--max-images", "80", "--out", str(hub_backbone), "--epochs", "1", "--backbone", "hf-hub:user/test-resnet-weights",
@@ -270,26 +271,15 @@ def test_training_from_the_hub(hub: HubServer, exported_package: Path, tmp_path:
 def test_pull_and_hf_refs_without_torch(
     hub: HubServer, exported_package: Path, digit_folder: Path, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT
     from tests.test_torch_free import BLOCK_TORCH
 
     home = tmp_path / "home"
     assert stml(hub, home, "push", str(exported_package), "user/edge").code == 0
-    env = {**os.environ, **env_for(hub, home)}
     for args in (
         ["pull", "user/edge", "--out", str(tmp_path / "edge")],
         ["index", "build", "hf://user/edge", str(digit_folder), "--out", str(tmp_path / "idx")],
     ):
-        proc = subprocess.run(
-            [sys.executable, "-c", BLOCK_TORCH, *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
+        proc = python_with_hub(hub, home, BLOCK_TORCH, *args)
         assert proc.returncode == 0, (args, proc.stderr)
     assert ModelPackage.load(tmp_path / "edge").config["hub"]["repo_id"] == "user/edge"
