@@ -45,6 +45,7 @@ class ModelPackage:
     def __init__(self, root: Path, config: dict[str, Any]) -> None:
         self.root = root
         self.config = config
+        self._verified: dict[str, str] = {}  # rel -> sha256 this object already checked
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -78,6 +79,8 @@ class ModelPackage:
             meta = artifacts.get(rel)
             if meta is None:
                 raise StmlError(f"{self.root}: {rel} is not recorded in {CONFIG_NAME}")
+            if self._verified.get(rel) == meta.get("sha256"):
+                continue  # hashed once already (large files cost seconds)
             file = self.path(rel)
             if not file.is_file():
                 raise StmlError(f"{file}: missing (listed in {CONFIG_NAME})")
@@ -87,6 +90,7 @@ class ModelPackage:
                     f"{file}: sha256 mismatch (expected {str(meta.get('sha256'))[:12]}..., "
                     f"found {actual[:12]}...); the file is damaged or was modified"
                 )
+            self._verified[rel] = actual
 
     # --- parts ---------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
@@ -138,6 +142,7 @@ class ModelPackage:
         file = self.path(rel)
         entry = {"sha256": sha256_file(file), "bytes": file.stat().st_size, **meta}
         self.artifacts[rel] = entry
+        self._verified[rel] = entry["sha256"]
         self.save()
 
     def forget_artifact(self, rel: str) -> None:
