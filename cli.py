@@ -343,11 +343,21 @@ def export(
         raise StmlError(
             f"{package}: export writes into the package; pull it into a folder first (stml pull {package.removeprefix('hf://')} --out DIR)"
         )
+    onnx_only = {"--calib": calib, "--parity-data": parity_data, "--data-root": data_root,
+                 "--int8-target": None if int8_target == "cpu" else int8_target}  # fmt: skip
+    trt_only = {"--batch": None if batch == "1,8,32" else batch,
+                "--workspace": None if workspace == 2.0 else workspace}  # fmt: skip
+    ignored = [o for o, v in (onnx_only if format == "trt" else trt_only).items() if v is not None]
+    if ignored and format in ("onnx", "trt"):
+        warn(
+            f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to --format {format}; ignored"
+        )
     if format == "onnx":
         from export.onnx_pipeline import OnnxExportRequest, export_package_onnx, parse_precisions
 
         request = OnnxExportRequest(
-            package=package, precisions=parse_precisions(precision or "fp32,fp16,int8"),
+            package=package,
+            precisions=parse_precisions("fp32,fp16,int8" if precision is None else precision),
             int8_target=int8_target, calib=calib, calib_size=calib_size, parity_data=parity_data,
             parity_size=parity_size, data_root=str(data_root) if data_root else None,
             max_batch=max_batch, opset=opset, keep_failed=keep_failed,
@@ -361,11 +371,14 @@ def export(
         from export.tensorrt_build import EngineRequest, build_engine_with_parity
 
         entry = build_engine_with_parity(
-            EngineRequest(package, precision or "fp16", batch, workspace)
+            EngineRequest(
+                package, "fp16" if precision is None else precision, batch, workspace, keep_failed
+            )
         )
         _print_parity([entry])
         if not entry["passed"]:
-            raise StmlError("parity failed: " + "; ".join(entry["failures"]))
+            engine = entry["artifact"].removesuffix(" (rejected)")
+            raise StmlError(f"parity failed: {engine}: " + "; ".join(entry["failures"]))
     else:
         raise StmlError(f"unknown --format {format!r}; one of onnx, trt")
 
@@ -373,6 +386,8 @@ def export(
 def _print_parity(entries: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
+
+    from stml_deploy.parity_metrics import recall_change_text
 
     table = Table(
         title="parity against torch fp32",
@@ -387,7 +402,7 @@ def _print_parity(entries: list[dict[str, Any]]) -> None:
         "cos min",
         "cos mean",
         "top-10",
-        "R@1 drop",
+        "R@1 change",
         "ok",
     ):
         table.add_column(
@@ -397,11 +412,10 @@ def _print_parity(entries: list[dict[str, Any]]) -> None:
         )
     for e in entries:
         real, retrieval = e["tensor"]["real"], e["retrieval"]
-        drop = retrieval.get("recall_at_1_drop")
         table.add_row(
             e["artifact"].rsplit("/", 1)[-1], e["runtime"].replace("onnxruntime", "ORT"),
             f"{real['max_abs_error']:.1e}", f"{real['cosine_min']:.5f}", f"{real['cosine_mean']:.5f}",
-            f"{retrieval['top10_overlap']:.3f}", "-" if drop is None else f"{100 * drop:+.1f}pt",
+            f"{retrieval['top10_overlap']:.3f}", recall_change_text(retrieval.get("recall_at_1_drop")),
             "yes" if e["passed"] else "FAIL",
         )  # fmt: skip
     stdout.print(table)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stml_deploy.atomic import atomic_write_bytes
+from stml_deploy.console import progress
 from stml_deploy.errors import StmlError
 from stml_deploy.images import iter_readable
 from stml_deploy.parity_files import RANDOM, REAL
@@ -26,24 +27,28 @@ class ImageSet:
 
 
 def preprocess_source(
-    source: ImageSource, spec: PreprocessSpec, size: int, seed: int = 0
+    source: ImageSource, spec: PreprocessSpec, size: int, seed: int = 0, what: str = "images"
 ) -> ImageSet:
-    """Up to `size` readable images of `source` (seeded choice), preprocessed; damaged files are
-    skipped with a warning."""
+    """Up to `size` readable images of `source` (seeded choice), preprocessed, with a progress
+    bar titled `what`; damaged files are skipped with a warning."""
     chosen = source.limit(size, seed=seed) if len(source) > size else source
     arrays, labels, items = [], [], []
-    if chosen.is_files:
-        for position, path, img in iter_readable(chosen.items):
-            arrays.append(preprocess_image(img, spec))
-            items.append(str(path))
-            if chosen.labels is not None:
-                labels.append(chosen.labels[position])
-    else:
-        for i in range(len(chosen)):
-            arrays.append(preprocess_image(chosen.load(i), spec))
-            items.append(chosen.item_id(i))
-            if chosen.labels is not None:
-                labels.append(chosen.labels[i])
+    with progress() as bar:
+        task = bar.add_task(what, total=len(chosen))
+        if chosen.is_files:
+            for position, path, img in iter_readable(chosen.items):
+                arrays.append(preprocess_image(img, spec))
+                items.append(str(path))
+                if chosen.labels is not None:
+                    labels.append(chosen.labels[position])
+                bar.update(task, completed=position + 1)
+        else:
+            for i in range(len(chosen)):
+                arrays.append(preprocess_image(chosen.load(i), spec))
+                items.append(chosen.item_id(i))
+                if chosen.labels is not None:
+                    labels.append(chosen.labels[i])
+                bar.advance(task)
     if not arrays:
         raise StmlError(f"{source.root}: no readable images")
     return ImageSet(np.stack(arrays), np.array(labels) if labels else None, items)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.golden import golden_inputs, preprocess_source, save_golden
+from export.golden import ImageSet, golden_inputs, preprocess_source, save_golden
 from export.onnx_export import DEFAULT_OPSET, check_export_options, export_onnx, onnx_metadata
 from export.parity import compare
 from export.quantize import INT8_TARGETS, quantize_int8
@@ -73,7 +73,8 @@ def parse_precisions(text: str) -> list[str]:
 def _data_source(
     arg: str | None, data_root: str | None, package: ModelPackage, split: str, option: str
 ) -> ImageSource:
-    """Images given with --<option>, else the data the package was trained on."""
+    """Images given with --<option>, else the data the package was trained on: for a named
+    dataset its `split` (parity: the held-out test classes), for a folder the folder."""
     if arg is not None:
         return resolve_source(arg, data_root, split)
     ref = package.config.get("training", {}).get("data", {}).get("ref")
@@ -82,7 +83,7 @@ def _data_source(
             f"--{option} DATA is needed: the package records no training data to default to"
         )
     try:
-        return resolve_ref(ref)
+        return resolve_ref({**ref, "split": split})
     except StmlError as exc:
         raise StmlError(f"{exc}; give --{option} DATA") from None
 
@@ -107,16 +108,16 @@ class OnnxExporter:
             raise StmlError("--calib-size must be >= 1 and --parity-size >= 2")
         check_export_options(req.opset, req.max_batch)
         self.req = req
-        self.package = self._open_package(req)
+        self.package = ModelPackage.load(req.package, verify=False)
+        self.package.verify(only=[WEIGHTS_NAME])
+        self.net = load_student(self.package, "cpu")  # before anything is rewritten
+        self._drop_missing_artifacts(self.package, req)
         self.spec = self.package.preprocessing
-        self.net = load_student(self.package, "cpu")
 
     @staticmethod
-    def _open_package(req: OnnxExportRequest) -> ModelPackage:
-        """The weights must verify; derived artifacts that this export rewrites may be missing
-        or stale, others that went missing are dropped from config.json with a warning."""
-        package = ModelPackage.load(req.package, verify=False)
-        package.verify(only=[WEIGHTS_NAME])
+    def _drop_missing_artifacts(package: ModelPackage, req: OnnxExportRequest) -> None:
+        """Derived artifacts that this export rewrites may be missing or stale; others that
+        went missing are dropped from config.json with a warning."""
         rewritten = {onnx_name(p) for p in req.precisions} | {GOLDEN_NAME}
         for rel in [r for r in package.artifacts if r != WEIGHTS_NAME]:
             if rel in rewritten:
@@ -128,15 +129,18 @@ class OnnxExporter:
                 package.forget_artifact(rel)
             else:
                 package.verify(only=[rel])
-        return package
 
     def run(self) -> ExportOutcome:
         req, package = self.req, self.package
+        calibration = None
         if "int8" in req.precisions:  # fail on missing calibration data before any work
-            calibration = self._calibration_pixels()
+            calibration = self._calibration_images()
         info("parity images: preprocessing and torch fp32 reference")
         parity_source = _data_source(req.parity_data, req.data_root, package, "test", "parity-data")
-        parity = preprocess_source(parity_source, self.spec, req.parity_size, seed=1)
+        parity_source = _without(parity_source, calibration)
+        parity = preprocess_source(
+            parity_source, self.spec, req.parity_size, seed=1, what="parity images"
+        )
         if len(parity.pixels) < 2:
             raise StmlError(f"{parity_source.root}: parity checks need at least 2 readable images")
         parity_ref = _torch_embed(self.net, parity.pixels)
@@ -171,7 +175,10 @@ class OnnxExporter:
             try:
                 info(f"{onnx_name(precision)}: exporting")
                 extra = self._build(
-                    precision, tmp, fp32_source, calibration if precision == "int8" else None
+                    precision,
+                    tmp,
+                    fp32_source,
+                    calibration.pixels if calibration is not None and precision == "int8" else None,
                 )
                 session = onnx_runtime.create_session(tmp)
                 info(f"{onnx_name(precision)}: parity on ONNX Runtime CPU")
@@ -262,16 +269,18 @@ class OnnxExporter:
         )
         return details
 
-    def _calibration_pixels(self) -> np.ndarray:
+    def _calibration_images(self) -> ImageSet:
         req = self.req
         source = _data_source(req.calib, req.data_root, self.package, "train", "calib")
-        found = preprocess_source(source, self.spec, req.calib_size, seed=2)
+        found = preprocess_source(
+            source, self.spec, req.calib_size, seed=2, what="calibration images"
+        )
         if len(found.pixels) < req.calib_size:
             raise StmlError(
                 f"{source.root}: only {len(found.pixels)} readable calibration images, "
                 f"--calib-size asks for {req.calib_size} (lower it or give more images with --calib)"
             )
-        return found.pixels
+        return found
 
     @staticmethod
     def _stamp_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -285,6 +294,16 @@ class OnnxExporter:
             else:
                 model.metadata_props.add(key=key, value=value)
         onnx.save(model, str(path))
+
+
+def _without(source: ImageSource, calibration: ImageSet | None) -> ImageSource:
+    """Parity images drawn from the calibration folder leave out the calibration images, so
+    the int8 check measures images the quantizer has not seen."""
+    if calibration is None or not source.is_files:
+        return source
+    seen = set(calibration.items)
+    keep = [i for i, path in enumerate(source.items) if str(path) not in seen]
+    return source.subset(keep) if len(keep) >= 2 and len(keep) < len(source) else source
 
 
 def export_package_onnx(req: OnnxExportRequest) -> ExportOutcome:

@@ -9,6 +9,7 @@ calibrator (both removed in 11) is used. Written to the documented API; NOT run 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,16 @@ from typing import Any
 
 from export.parity import compare
 from export.report import record
-from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
+from stml_deploy.atomic import atomic_write_bytes, atomic_write_json, sibling_path
 from stml_deploy.console import info
 from stml_deploy.cuda_device import current_device
-from stml_deploy.engine_cache import cached_engine_problem, engine_file_name, engine_key
-from stml_deploy.errors import MissingDependencyError, StmlError
+from stml_deploy.engine_cache import (
+    cached_engine_problem,
+    engine_file_name,
+    engine_key,
+    superseded_engines,
+)
+from stml_deploy.errors import StmlError
 from stml_deploy.package import (
     ENGINES_DIR,
     PRECISIONS,
@@ -29,7 +35,7 @@ from stml_deploy.package import (
     sha256_file,
 )
 from stml_deploy.parity_files import GOLDEN_NAME, load_golden
-from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
+from stml_deploy.trt_runtime import EngineLoadError, TrtEngineRunner, tensorrt
 
 
 @dataclass
@@ -38,6 +44,7 @@ class EngineRequest:
     precision: str = "fp16"
     batch: str = "1,8,32"
     workspace_gib: float = 2.0
+    keep_failed: bool = False
 
 
 def parse_batch_profile(text: str) -> tuple[int, int, int]:
@@ -108,7 +115,10 @@ def build_engine(
 
 
 def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
-    """Build (or reuse) the engine, check it against the golden set, record the result."""
+    """Reuse the cached engine for this key, or build one under a temporary name; check it
+    against the golden set; only an engine that passed takes its final name and sidecar (a
+    failed one is deleted, or kept as *.engine.failed with --keep-failed). The result goes to
+    parity/report.json either way."""
     profile = parse_batch_profile(req.batch)
     if req.workspace_gib <= 0:
         raise StmlError("--workspace must be positive (GiB)")
@@ -131,43 +141,45 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     )
     engines = package.root / ENGINES_DIR
     engines.mkdir(exist_ok=True)
-    engine_path = engines / engine_file_name(key)
-    problem = cached_engine_problem(engine_path, key)
-    runner = None
-    if problem is None:
-        try:
-            runner = TrtEngineRunner(engine_path)
-            info(f"reusing {engine_path}")
-        except MissingDependencyError:
-            raise
-        except StmlError as exc:  # does not deserialize here: rebuild
-            problem = str(exc)
-    if runner is None:
-        info(f"building {engine_path.name} ({problem}); this takes minutes on a Jetson")
+    final = engines / engine_file_name(key)
+    candidate, fresh = _cached_runner(final, key), False
+    build_seconds = 0.0
+    if candidate is None:
+        candidate, fresh = sibling_path(final), True
+        info(
+            f"building {final.name} ({_why_build(final, key, engines)}); this takes minutes on a Jetson"
+        )
         started = time.perf_counter()
         timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
-        build_engine(
-            onnx_path, engine_path, timing_cache, req.precision, profile, req.workspace_gib
-        )
-        atomic_write_json(
-            engine_path.with_suffix(".json"),
-            {
-                "key": key,
-                "engine_sha256": sha256_file(engine_path),
-                "onnx_artifact": onnx_name(req.precision),
-                "gpu": device.name,
-                "workspace_gib": req.workspace_gib,
-                "build_seconds": round(time.perf_counter() - started, 1),
-            },
-        )
-        runner = TrtEngineRunner(engine_path)
+        try:
+            build_engine(
+                onnx_path, candidate, timing_cache, req.precision, profile, req.workspace_gib
+            )
+            runner = TrtEngineRunner(candidate)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+        build_seconds = time.perf_counter() - started
+    else:
+        runner, candidate = candidate, final
     try:
         out = runner.run(golden["pixels"])
+    except BaseException:
+        if fresh:
+            candidate.unlink(missing_ok=True)
+        raise
     finally:
         runner.close()
     result = compare(req.precision, out, golden["embedding"], golden["kind"])
+    if result["passed"]:
+        if fresh:
+            _commit_engine(candidate, final, key, req, device.name, build_seconds)
+        artifact = f"{ENGINES_DIR}/{final.name}"
+    else:
+        artifact = f"{ENGINES_DIR}/{final.name} (rejected)"
+        _discard_engine(candidate, final, req.keep_failed)
     entry = {
-        "artifact": f"{ENGINES_DIR}/{engine_path.name}",
+        "artifact": artifact,
         "precision": req.precision,
         "runtime": f"tensorrt {trt.__version__}",
         "provider": "TensorRT",
@@ -178,3 +190,68 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     }
     record(package, [entry])
     return entry
+
+
+def _cached_runner(engine: Path, key: dict[str, Any]) -> TrtEngineRunner | None:
+    """A runner for the cached engine of this key, or None (with the reason said) to rebuild."""
+    problem = cached_engine_problem(engine, key)
+    if problem is not None:
+        if engine.exists():
+            info(f"not reusing {engine.name}: {problem}")
+        return None
+    try:
+        runner = TrtEngineRunner(engine)
+    except EngineLoadError as exc:  # a CUDA error or a missing dependency is not a reason
+        info(f"not reusing {engine.name}: {exc}")
+        return None
+    info(f"reusing {engine}")
+    return runner
+
+
+def _why_build(final: Path, key: dict[str, Any], engines: Path) -> str:
+    older = superseded_engines(engines, key)
+    if older:
+        return "; ".join(f"replaces {p.name}: built for another {', '.join(d)}" for p, d in older)
+    return (
+        "no engine built yet for this key" if not final.exists() else "the cached one is unusable"
+    )
+
+
+def _commit_engine(
+    candidate: Path,
+    final: Path,
+    key: dict[str, Any],
+    req: EngineRequest,
+    gpu: str,
+    build_seconds: float,
+) -> None:
+    """Rename the checked engine into place, then write its sidecar (an engine without one is
+    never used, so a crash between the two only costs a rebuild); drop superseded engines."""
+    final.with_suffix(".json").unlink(missing_ok=True)
+    os.replace(candidate, final)
+    atomic_write_json(
+        final.with_suffix(".json"),
+        {
+            "key": key,
+            "engine_sha256": sha256_file(final),
+            "onnx_artifact": onnx_name(req.precision),
+            "parity_passed": True,
+            "gpu": gpu,
+            "workspace_gib": req.workspace_gib,
+            "build_seconds": round(build_seconds, 1),
+        },
+    )
+    for old, _ in superseded_engines(final.parent, key):
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+        info(f"removed superseded engine {old.name}")
+
+
+def _discard_engine(candidate: Path, final: Path, keep_failed: bool) -> None:
+    """A failed engine never stays where a runtime would pick it up."""
+    if candidate == final:  # a cached engine that no longer passes: retire its sidecar too
+        final.with_suffix(".json").unlink(missing_ok=True)
+    if keep_failed:
+        os.replace(candidate, final.with_name(final.name + ".failed"))
+    else:
+        candidate.unlink(missing_ok=True)

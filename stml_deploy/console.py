@@ -29,7 +29,8 @@ def info(message: str) -> None:
 
 def progress(*extra_fields: str, transient: bool = False) -> Progress:
     """A progress bar on stderr; `extra_fields` are task fields shown after the counts
-    (e.g. "loss" shows task.fields["loss"])."""
+    (e.g. "loss" shows task.fields["loss"]). Silent when stderr is not a terminal (logs, pipes,
+    CI): long jobs print their own summary lines there."""
     columns = [
         TextColumn("{task.description}"),
         BarColumn(bar_width=20),
@@ -38,4 +39,4 @@ def progress(*extra_fields: str, transient: bool = False) -> Progress:
         TimeRemainingColumn(compact=True),
     ]
     columns += [TextColumn(f"{{task.fields[{name}]}}") for name in extra_fields]
-    return Progress(*columns, console=stderr, transient=transient)
+    return Progress(*columns, console=stderr, transient=transient, disable=not stderr.is_terminal)

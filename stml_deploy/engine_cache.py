@@ -1,6 +1,7 @@
 """The TensorRT engine cache in a package's engines/ folder (DESIGN §2, §5): an engine is
 tied to (onnx sha, GPU compute capability, TensorRT version, precision, batch profile); each
-has a JSON sidecar with that key and the engine's own sha256. Used by the build (reuse or
+has a JSON sidecar with that key, the engine's own sha256 and its parity outcome (only an
+engine that passed parity is ever reused or run). Used by the build (reuse or
 rebuild) and by the runtime (which engine runs here)."""
 
 from __future__ import annotations
@@ -60,7 +61,23 @@ def cached_engine_problem(engine: Path, key: dict[str, Any]) -> str | None:
         return f"it was built for a different {', '.join(differs)}"
     if meta.get("engine_sha256") != sha256_file(engine):
         return "the engine file does not match its sidecar (damaged or replaced)"
+    if meta.get("parity_passed") is not True:
+        return "its sidecar does not record a passed parity check"
     return None
+
+
+def superseded_engines(folder: Path, key: dict[str, Any]) -> list[tuple[Path, list[str]]]:
+    """Engines for this device, precision and batch profile built under another key (another
+    ONNX file or TensorRT version): they can never run again here. Each with what differs."""
+    same = ("compute_capability", "precision", "batch_profile")
+    found = []
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        old = (_sidecar(sidecar.with_suffix(".engine")) or {}).get("key", {})
+        if all(old.get(k) == key[k] for k in same):
+            differs = [k for k, v in key.items() if old.get(k) != v]
+            if differs:
+                found.append((sidecar.with_suffix(".engine"), differs))
+    return found
 
 
 def usable_engines(

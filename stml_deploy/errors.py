@@ -27,3 +27,7 @@ class ImageLoadError(StmlError):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class ArtifactMismatchError(StmlError):
+    """A package file is missing or does not match the sha256 its config.json records."""

@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,10 +20,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stml_deploy.atomic import atomic_directory
-from stml_deploy.console import info
-from stml_deploy.errors import MissingDependencyError, StmlError
+from stml_deploy.console import info, warn
+from stml_deploy.errors import ArtifactMismatchError, MissingDependencyError, StmlError
 from stml_deploy.model_card import GENERATED_MARKER, render_card
-from stml_deploy.package import CONFIG_NAME, ModelPackage
+from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ModelPackage
 from stml_deploy.parity_files import REPORT_NAME
 
 README = "README.md"
@@ -249,6 +250,66 @@ def _remote_files(api: Any, repo_id: str, revision: str | None) -> tuple[list[st
     return names, info_.sha
 
 
+def _cached_package(
+    hub: Any, repo_id: str, revision: str | None, token: str | None, verify: bool
+) -> ModelPackage:
+    """The package in the local Hub cache (downloaded when online). A cached copy that fails
+    its hashes is downloaded again once when online; offline, the error names the folder."""
+    commit = None
+    if not hub.constants.HF_HUB_OFFLINE:
+        _, commit = _remote_files(hub.HfApi(token=token), repo_id, revision)
+    folder = hub.snapshot_download(repo_id, revision=revision, token=token, library_name="stml")
+    if commit is not None and Path(folder).name != commit:
+        raise StmlError(
+            f"{repo_id}@{revision or 'main'} moved to another commit during the download; run the command again"
+        )
+    try:
+        return ModelPackage.load(folder, verify=verify)
+    except ArtifactMismatchError as exc:
+        if hub.constants.HF_HUB_OFFLINE:
+            raise StmlError(
+                f"{exc}; the Hub cache copy in {folder} is damaged: delete that folder and run "
+                "again with the network on (HF_HUB_OFFLINE unset)"
+            ) from None
+        warn(f"{exc}; the Hub cache copy is damaged, downloading it again")
+    folder = hub.snapshot_download(
+        repo_id, revision=commit, token=token, library_name="stml", force_download=True
+    )
+    return ModelPackage.load(folder, verify=verify)
+
+
+def _check_pull_target(target: Path) -> None:
+    """--out may be new, empty, or an earlier pull of a package (replaced whole, except its
+    engines/ cache); a folder holding anything else is refused so nothing of the user's is lost."""
+    if not target.exists():
+        return
+    if target.is_file():
+        raise StmlError(f"--out {target}: is a file; choose a folder")
+    if not (target / CONFIG_NAME).is_file():
+        if any(target.iterdir()):
+            raise StmlError(
+                f"--out {target}: exists and is not an stml package folder; choose another"
+            )
+        return
+    try:
+        known = set(ModelPackage.load(target, verify=False).artifacts)
+    except StmlError:
+        known = set()
+    known |= {CONFIG_NAME, README, REPORT_NAME, ".gitattributes"}
+    foreign = sorted(
+        str(p.relative_to(target))
+        for p in target.rglob("*")
+        if p.is_file()
+        and str(p.relative_to(target).as_posix()) not in known
+        and p.relative_to(target).parts[0] not in (ENGINES_DIR, ".cache")
+    )
+    if foreign:
+        raise StmlError(
+            f"--out {target}: holds files that are not part of the package ({', '.join(foreign[:3])}"
+            f"{' ...' if len(foreign) > 3 else ''}); a pull replaces the folder, so move them or choose another --out"
+        )
+
+
 def download_package(
     repo_id: str,
     revision: str | None = None,
@@ -262,27 +323,14 @@ def download_package(
     hub = _hub()
     with _explained(repo_id, revision):
         if out is None:
-            if not hub.constants.HF_HUB_OFFLINE:
-                _remote_files(hub.HfApi(token=token), repo_id, revision)
-            folder = hub.snapshot_download(
-                repo_id, revision=revision, token=token, library_name="stml"
-            )
-            package = ModelPackage.load(folder, verify=verify)
-            return package
+            return _cached_package(hub, repo_id, revision, token, verify)
         api = hub.HfApi(token=token)
         names, commit = _remote_files(api, repo_id, revision)
         if CONFIG_NAME not in names:
             raise StmlError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
         target = Path(out).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)  # staging sits beside it: same filesystem
-        if (
-            target.exists()
-            and not (target / CONFIG_NAME).is_file()
-            and (target.is_file() or any(target.iterdir()))
-        ):
-            raise StmlError(
-                f"--out {target}: exists and is not an stml package folder; choose another"
-            )
+        _check_pull_target(target)
         with tempfile.TemporaryDirectory(prefix=".stml-pull-", dir=target.parent) as staging:
             hub.snapshot_download(
                 repo_id, revision=commit, token=token, local_dir=staging, library_name="stml"
@@ -296,6 +344,8 @@ def download_package(
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dest)
                 package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
+                if (target / ENGINES_DIR).is_dir():  # built on this device: minutes to rebuild
+                    shutil.copytree(target / ENGINES_DIR, tmp / ENGINES_DIR)
                 package.config["hub"] = {
                     "repo_id": repo_id,
                     "revision": revision or "main",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stml_deploy.atomic import atomic_write_json
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import ArtifactMismatchError, StmlError
 from stml_deploy.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -83,10 +83,10 @@ class ModelPackage:
                 continue  # hashed once already (large files cost seconds)
             file = self.path(rel)
             if not file.is_file():
-                raise StmlError(f"{file}: missing (listed in {CONFIG_NAME})")
+                raise ArtifactMismatchError(f"{file}: missing (listed in {CONFIG_NAME})")
             actual = sha256_file(file)
             if actual != meta.get("sha256"):
-                raise StmlError(
+                raise ArtifactMismatchError(
                     f"{file}: sha256 mismatch (expected {str(meta.get('sha256'))[:12]}..., "
                     f"found {actual[:12]}...); the file is damaged or was modified"
                 )

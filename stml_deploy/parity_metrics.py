@@ -39,3 +39,11 @@ def topk_overlap(emb: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
 
 def recall_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
     return float((labels[neighbours(emb, 1)[:, 0]] == labels).mean())
+
+
+def recall_change_text(drop: float | None) -> str:
+    """A report's recall_at_1_drop shown as a signed change in points ("-0.8 pt"); never "-0.0"."""
+    if drop is None:
+        return "-"
+    change = round(-100 * drop, 1)
+    return f"{change + 0.0:+.1f} pt"  # + 0.0 turns -0.0 into 0.0

@@ -16,6 +16,11 @@ from stml_deploy.cuda_device import WHERE, check, cudart
 from stml_deploy.errors import MissingDependencyError, StmlError
 
 
+class EngineLoadError(StmlError):
+    """The engine file does not deserialize here (another GPU or TensorRT version, or damaged):
+    the build rebuilds it; any other error (CUDA, shapes) is not a reason to rebuild."""
+
+
 def tensorrt() -> Any:
     try:
         import tensorrt as trt
@@ -123,8 +128,8 @@ class TrtEngineRunner:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:  # TensorRT returns None for a version or device mismatch
-            raise StmlError(
-                f"{engine_path}: TensorRT could not deserialize this engine (built for another GPU or TensorRT version)"
+            raise EngineLoadError(
+                f"{engine_path}: TensorRT could not deserialize this engine (built for another GPU or TensorRT version, or damaged)"
             )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -87,6 +87,7 @@ def test_embed_cli_writes_vectors_and_item_list(
         "embed", str(exported_package), str(digit_folder), "--out", str(out), "--precision", "int8"
     )
     assert result.code == 0, result.err
+    assert "━" not in result.err  # stderr is a pipe: no progress bar
     vectors = np.load(out)
     items = json.loads((tmp_path / "emb.items.json").read_text())
     assert vectors.shape == (len(list_images(digit_folder)), 16) and len(items) == len(vectors)

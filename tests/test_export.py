@@ -207,6 +207,7 @@ def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_p
     cases = [
         (["--format", "tflite"], "unknown --format 'tflite'"),
         (["--precision", "int4"], "unknown precision 'int4'"),
+        (["--precision", ""], "unknown precision ''"),
         (["--precision", "int8", "--calib", str(empty)], "no readable images"),
         (
             ["--precision", "int8", "--calib", "digits", "--calib-size", "5000"],
@@ -237,6 +238,15 @@ def test_package_problems(tiny_package: Path, tmp_path: Path) -> None:
     (mismatch / "config.json").write_text(json.dumps(config))
     assert "weights do not match" in one_line_error(run_cli("export", str(mismatch), *EXPORT_DATA))
     assert not (mismatch / "onnx").exists()
+    # a hand-edited architecture would export wrong metadata: refused before anything is written
+    edited = copy_of(tiny_package, tmp_path / "c")
+    config = json.loads((edited / "config.json").read_text())
+    config["architecture"]["embedding_dim"] = 64
+    (edited / "config.json").write_text(json.dumps(config))
+    before = (edited / "config.json").read_bytes()
+    line = one_line_error(run_cli("export", str(edited), *EXPORT_DATA))
+    assert "does not match its weights" in line and "architecture.embedding_dim 64" in line
+    assert (edited / "config.json").read_bytes() == before and not (edited / "onnx").exists()
 
 
 def test_trt_without_tensorrt_exits_2_with_where_to_run(exported_package: Path) -> None:
@@ -249,3 +259,13 @@ def test_trt_without_tensorrt_exits_2_with_where_to_run(exported_package: Path) 
     result = run_cli("export", str(exported_package), "--format", "trt", "--precision", "fp16")
     line = one_line_error(result)
     assert result.code == 2 and "TensorRT is not installed" in line and "Jetson" in line
+
+
+def test_default_parity_data_is_the_held_out_split(tiny_package: Path, tmp_path: Path) -> None:
+    """Trained on digits (train: classes 0-4): parity defaults to digits' test split (5-9), so
+    Recall@1 is measured on classes the model never saw."""
+    package = copy_of(tiny_package, tmp_path)
+    result = run_cli("export", str(package), "--precision", "fp32", "--parity-size", "100")
+    assert result.code == 0, result.err
+    (entry,) = json.loads((package / "parity" / "report.json").read_text())["results"]
+    assert entry["parity_data"] == "digits (test)" and "recall_at_1" in entry["retrieval"]

@@ -102,6 +102,15 @@ def test_revisions_branches_and_prs(hub: HubServer, exported_package: Path, tmp_
     first = stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a"))
     first_commit = json.loads((tmp_path / "a" / "config.json").read_text())["hub"]["commit"]
     assert first.code == 0
+    # pulling again over an earlier pull keeps the device's engines, refuses foreign files
+    (tmp_path / "a" / "engines").mkdir()
+    (tmp_path / "a" / "engines" / "built-here.engine").write_bytes(b"plan")
+    assert stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a")).code == 0
+    assert (tmp_path / "a" / "engines" / "built-here.engine").read_bytes() == b"plan"
+    (tmp_path / "a" / "NOTES.txt").write_text("mine")
+    refused = stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a"))
+    assert "NOTES.txt" in one_line_error(refused)
+    assert (tmp_path / "a" / "NOTES.txt").read_text() == "mine"
     edited = ModelPackage.load(package)
     edited.config["name"] = "renamed"
     edited.save()
@@ -135,6 +144,22 @@ def test_cache_and_offline(
     online = stml(hub, home, "info", "hf://user/cached", "--json")
     assert online.code == 0, online.err
     assert json.loads(online.out)["name"] == ModelPackage.load(exported_package).name
+    (snapshot,) = (home / "hub" / "models--user--cached" / "snapshots").iterdir()
+    blob = (snapshot / "onnx" / "model.onnx").resolve()
+
+    def damage() -> None:
+        data = bytearray(blob.read_bytes())
+        data[-1] ^= 0xFF
+        blob.chmod(0o644)
+        blob.write_bytes(bytes(data))
+
+    damage()  # online: the damaged cache copy is downloaded again
+    repaired = stml(hub, home, "info", "hf://user/cached")
+    assert repaired.code == 0 and "downloading it again" in repaired.err, repaired.err
+    damage()
+    stuck = stml(hub, home, "info", "hf://user/cached", HF_HUB_OFFLINE="1")
+    assert str(snapshot) in one_line_error(stuck) and "delete that folder" in stuck.err
+    assert stml(hub, home, "info", "hf://user/cached").code == 0
     hub.stop()  # no network from here on
     offline = stml(
         hub,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.tensorrt_build import (
@@ -44,6 +46,9 @@ def test_cached_engine_is_reused_only_when_sidecar_and_bytes_match(tmp_path: Pat
     assert "no metadata sidecar" in cached_engine_problem(engine, key)
     sidecar = engine.with_suffix(".json")
     sidecar.write_text(json.dumps({"key": key, "engine_sha256": sha256_file(engine)}))
+    assert "passed parity" in cached_engine_problem(engine, key)
+    meta = {"key": key, "engine_sha256": sha256_file(engine), "parity_passed": True}
+    sidecar.write_text(json.dumps(meta))
     assert cached_engine_problem(engine, key) is None
     newer = engine_key("cd" * 32, ORIN, "10.3.1", "fp16", (1, 8, 32))
     assert "different tensorrt_version" in cached_engine_problem(engine, newer)
@@ -92,3 +97,122 @@ def test_engine_build_parity_and_cache(
     engines[0].write_bytes(b"garbage")
     assert build_engine_with_parity(EngineRequest(str(package), precision, "1,4,16", 1.0))["passed"]
     assert engines[0].read_bytes() != b"garbage"  # damaged engine rebuilt
+
+
+# --- the engine build, cache and runtime against a CPU imitation of TensorRT + cuda-python ---
+# (tests/fake_tensorrt.py: proves stml's orchestration, not TensorRT; see its docstring)
+
+
+@pytest.fixture
+def trt_package(exported_package: Path, tmp_path: Path) -> Path:
+    package = tmp_path / "pkg"
+    shutil.copytree(exported_package, package)
+    return package
+
+
+def trt_export(package: Path, precision: str, batch: str = "1,8,32") -> tuple[str, ...]:
+    return ("export", str(package), "--format", "trt", "--precision", precision, "--batch", batch)
+
+
+def _engines(package: Path) -> list[str]:
+    return sorted(
+        p.name for p in (package / "engines").iterdir() if not p.name.startswith("timing")
+    )
+
+
+def test_engine_is_gated_by_parity_cached_and_rebuilt_when_stale(
+    trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    from tests import fake_tensorrt
+
+    knobs = fake_tensorrt.install(monkeypatch)
+    build = trt_export(trt_package, "fp32", "1,4,12")
+    first = cli_main(*build)
+    assert first.code == 0, first.err
+    (engine,) = [n for n in _engines(trt_package) if n.endswith(".engine")]
+    assert engine.endswith("-sm87-trt10.3.0.fake-fp32-b1_4_12.engine")
+    sidecar = json.loads((trt_package / "engines" / engine).with_suffix(".json").read_text())
+    assert sidecar["parity_passed"] is True and sidecar["key"]["batch_profile"] == [1, 4, 12]
+    report = json.loads((trt_package / "parity" / "report.json").read_text())["results"]
+    (entry,) = [e for e in report if e["artifact"] == f"engines/{engine}"]
+    assert entry["passed"] and entry["tensor"]["real"]["max_abs_error"] < 1e-5
+    assert knobs.builds == 1
+
+    again = cli_main(*build)
+    assert again.code == 0 and "reusing" in again.err and knobs.builds == 1
+
+    # bytes that do not deserialize (sidecar made to match them): rebuilt, saying why
+    path = trt_package / "engines" / engine
+    path.write_bytes(b"not a plan")
+    sidecar["engine_sha256"] = sha256_file(path)
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    rebuilt = cli_main(*build)
+    assert rebuilt.code == 0 and "could not deserialize" in rebuilt.err and knobs.builds == 2
+    assert path.read_bytes().startswith(fake_tensorrt.MAGIC)
+
+    # a TensorRT upgrade: a new engine, the superseded one named and removed
+    monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.3.1.fake")
+    upgraded = cli_main(*build)
+    assert upgraded.code == 0 and "built for another tensorrt_version" in upgraded.err
+    assert [n for n in _engines(trt_package) if n.endswith(".engine")] == [
+        engine.replace("10.3.0.fake", "10.3.1.fake")
+    ]
+
+
+def test_engine_failing_parity_is_never_kept_or_used(
+    trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    from stml_deploy.backends import find_engine
+    from stml_deploy.package import ModelPackage
+    from tests import fake_tensorrt
+
+    knobs = fake_tensorrt.install(monkeypatch)
+    build = trt_export(trt_package, "fp16")
+    knobs.noise = 0.05
+    failed = cli_main(*build)
+    message = failed.err.strip().splitlines()[-1]
+    assert failed.code == 1 and "Traceback" not in failed.err
+    assert (
+        message.startswith("error: parity failed: engines/") and "-fp16-b1_8_32.engine:" in message
+    )
+    assert "max_abs_error" in message and "tolerance" in message
+    assert [n for n in _engines(trt_package) if not n.endswith(".cache")] == []
+    assert find_engine(ModelPackage.load(trt_package), "auto") is None
+    report = json.loads((trt_package / "parity" / "report.json").read_text())["results"]
+    assert any(e["artifact"].endswith("(rejected)") and not e["passed"] for e in report)
+
+    kept = cli_main(*build, "--keep-failed")
+    assert kept.code == 1
+    assert (
+        [n for n in _engines(trt_package) if not n.endswith(".cache")]
+        == [n for n in _engines(trt_package) if n.endswith(".engine.failed")]
+        != []
+    )
+    assert find_engine(ModelPackage.load(trt_package), "auto") is None
+
+    knobs.noise = 0.0
+    assert cli_main(*build).code == 0
+    precision, engine = find_engine(ModelPackage.load(trt_package), "auto")
+    assert precision == "fp16" and engine.suffix == ".engine"
+
+
+def test_trt_backend_runs_the_engine_in_chunks_and_auto_prefers_it(
+    trt_package: Path, digit_folder: Path, monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    from stml_deploy import Embedder
+    from tests import fake_tensorrt
+
+    knobs = fake_tensorrt.install(monkeypatch)
+    build = trt_export(trt_package, "fp32", "4,4,8")
+    assert cli_main(*build).code == 0
+    images = sorted(digit_folder.rglob("*.png"))[:11]  # 8 + 3: the last chunk is padded to 4
+    on_cpu = Embedder.from_package(trt_package, backend="onnx", precision="fp32").embed_paths(
+        images
+    )
+    auto = Embedder.from_package(trt_package, backend="auto")
+    assert auto.backend.name == "trt" and auto.backend.precision == "fp32"
+    on_engine = auto.embed_paths(images)
+    assert on_engine.items == on_cpu.items
+    np.testing.assert_allclose(on_engine.vectors, on_cpu.vectors, atol=1e-5)
+    auto.backend.close()
+    assert knobs.runtime.live_allocations == {}  # device buffers freed

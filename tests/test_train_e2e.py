@@ -83,6 +83,8 @@ def test_resume_after_interruption_gives_identical_weights(trained: Path, tmp_pa
     )
     assert first.code == 0, first.err
     assert json.loads((out / "config.json").read_text())["training"]["epochs_done"] == 1
+    # stderr is a pipe here: no progress bar drawing, one summary line per epoch instead
+    assert "━" not in first.err and "epoch 1/2: loss" in first.err
     # resume with a loader worker process: augmentations are seeded per sample, so the
     # result cannot depend on how many workers load the data
     resumed = run_cli("train", *TRAIN_DATA, "--out", str(out), "--resume", "--workers", "1")

@@ -110,6 +110,26 @@ def load_student(package: ModelPackage, device: torch.device | str = "cpu") -> E
     """The trained student of a package (no download: the backbone is built without pretrained
     weights, then the package's weights are loaded strictly)."""
     cfg = train_config_of(package)
-    student, _ = build_student(cfg, pretrained=False)
+    student, spec = build_student(cfg, pretrained=False)
     load_weights(package.path(WEIGHTS_NAME), student)
+    _check_config_agrees(package, architecture(cfg, student), spec)
     return student.to(device).eval()
+
+
+def _check_config_agrees(
+    package: ModelPackage, built: dict[str, Any], spec: PreprocessSpec
+) -> None:
+    """config.json's architecture and preprocessing describe the network the weights load into
+    (exported graphs and the edge runtime trust them); a hand-edited config would otherwise
+    export silently wrong metadata."""
+    recorded = package.config.get("architecture", {})
+    wrong = [f"architecture.{k} {recorded.get(k)!r} (the network has {v!r})"
+             for k, v in built.items() if recorded.get(k) != v]  # fmt: skip
+    size = package.preprocessing.image_size
+    if size != spec.image_size:
+        wrong.append(f"preprocessing.image_size {size} (the network has {spec.image_size})")
+    if wrong:
+        raise StmlError(
+            f"{package.root / 'config.json'} does not match its weights and hyper-parameters: "
+            + "; ".join(wrong)
+        )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from stml_deploy.console import info, progress
+from stml_deploy.console import info, progress, stderr
 from stml_deploy.errors import StmlError
 from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ONNX_DIR, PARITY_DIR, ModelPackage
 from training.config import TrainConfig
@@ -258,6 +258,11 @@ class Trainer:
                 info(
                     f"epoch {epoch + 1}: validation "
                     + ", ".join(f"{k} {v:.4f}" for k, v in entry["validation"].items())
+                )
+            if not stderr.is_terminal:  # no live bar in logs: one line per epoch instead
+                info(
+                    f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['total']:.4f} (rc "
+                    f"{entry['rc_f']:.3f}/{entry['rc_g']:.3f} kl {entry['kl']:.4f}), {entry['seconds']:.0f} s"
                 )
             history.append(entry)
             saved = Progress(
