@@ -49,6 +49,27 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# which extra brings a module that a command imports lazily
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "timm", "pytorch_metric_learning", "sklearn", "scipy",
+         "matplotlib", "faiss"), "train"),
+    **dict.fromkeys(("onnx", "onnxscript"), "export"),
+    "onnxruntime": "cpu",
+}  # fmt: skip
+
+
+def _missing_module(exc: ModuleNotFoundError) -> str:
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return f"a module this command needs is not installed: {exc}"
+    return (
+        f"this command needs {top}, which is not installed here (the stml[{extra}] extra): "
+        f"pip install 'stml[{extra}]'"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     command = typer.main.get_command(app)
@@ -70,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         stderr.print("aborted", markup=False)
         return 130
+    except ModuleNotFoundError as exc:  # an extra that this install lacks (e.g. train on the edge)
+        stderr.print(f"error: {_missing_module(exc)}", markup=False, soft_wrap=True)
+        return 2
     except OSError as exc:  # files the user named: missing, a folder, no permission, disk full
         where = f": {exc.filename}" if exc.filename else ""
         stderr.print(f"error: {exc.strerror or exc}{where}", markup=False, soft_wrap=True)
@@ -267,15 +291,30 @@ def evaluate(
     workers: Workers = None,
     max_images: MaxImages = None,
     strict: Strict = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="Store the metrics in the package's config.json under the split's name "
+            "(the model card of `stml push` shows them as eval results)."
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/2/4/8, MAP@R, R-precision, P@1 and NMI of a package on labelled data."""
+    from stml_deploy.package import ModelPackage
     from training.evaluation_run import evaluate_package
     from training.named_datasets import resolve_source
 
+    if record and package.startswith("hf://"):
+        raise StmlError(f"{package}: --record writes into the package; pull it into a folder first")
     source = resolve_source(data, data_root, split).limit(max_images, seed=0)
     metrics = evaluate_package(package, source, device, batch_size, workers, strict)
+    if record:
+        target = ModelPackage.load(package, verify=False)
+        target.config.setdefault("metrics", {})[split] = {"data": source.summary(), **metrics}
+        target.save()
+        info(f"recorded the metrics in {target.root / 'config.json'} under metrics.{split}")
     if as_json:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics, allow_nan=False))
     else:
         _print_metrics(f"{package} on {source.name}", metrics)
 
@@ -287,7 +326,8 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        shown = "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
     stdout.print(table)
 
 

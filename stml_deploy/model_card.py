@@ -24,7 +24,7 @@ def _eval_results(package: ModelPackage) -> list[Any]:
         ref = data.get("ref", {})
         dataset = "image-folder" if data.get("kind") == "folder" else str(ref.get("data") or split)
         for metric in METRICS:
-            if metric in values:
+            if values.get(metric) is not None:
                 results.append(
                     EvalResult(
                         task_type="image-feature-extraction",

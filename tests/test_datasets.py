@@ -119,6 +119,26 @@ def test_sop_lists(tmp_path: Path) -> None:
     assert Path(train.items[2]).name == "222_0.JPG"
 
 
+def test_malformed_annotations_name_the_file_and_line(tmp_path: Path) -> None:
+    cub_root = make_cub(tmp_path / "c") / "CUB_200_2011"
+    labels = cub_root / "image_class_labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[1:]) + "\n")  # id 1 loses its class
+    with pytest.raises(StmlError, match=r"image_class_labels.txt: no class for image id 1"):
+        resolve_source("cub", cub_root, "train")
+    labels.write_text("1 one\n")
+    with pytest.raises(StmlError, match=r"line 1: column 2 should be a number, found 'one'"):
+        resolve_source("cub", cub_root, "train")
+    sop_root = make_sop(tmp_path / "s") / "Stanford_Online_Products"
+    listing = sop_root / "Ebay_train.txt"
+    listing.write_text(listing.read_text() + "4 3\n")
+    with pytest.raises(StmlError, match=r"Ebay_train.txt, line 5: expected 4 columns, found 2"):
+        resolve_source("sop", sop_root, "train")
+    cars_root = make_cars(tmp_path / "k")
+    (cars_root / "cars_annos.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage" * 10)
+    with pytest.raises(StmlError, match=r"cars_annos.mat: not a Cars-196 annotation file"):
+        resolve_source("cars", cars_root, "train")
+
+
 def test_fashion_mnist_idx_split(tmp_path: Path) -> None:
     root = make_fashion(tmp_path)
     train = resolve_source("fashion-mnist", root, "train")

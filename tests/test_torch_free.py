@@ -19,7 +19,9 @@ import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "torchvision", "timm"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked: the edge has no torch)")
+            raise ModuleNotFoundError(
+                f"No module named {name!r} (blocked: the edge has no torch)", name=name
+            )
         return None
 sys.meta_path.insert(0, NoTorch())
 import cli
@@ -98,3 +100,9 @@ def test_edge_commands_without_torch(
     assert trt.returncode == 2, trt.stderr
     lines = [line for line in trt.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "TensorRT is not installed" in lines[0] and "torch" not in lines[0]
+    # training-side commands say which extra is missing, in one line, exit 2
+    for command in (("eval", package, "digits"), ("train", "digits", "--out", str(tmp_path / "t"))):
+        result = edge(*command)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, (command, result.stderr)
+        assert "needs torch" in lines[0] and "pip install 'stml[train]'" in lines[0]

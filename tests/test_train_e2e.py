@@ -76,6 +76,31 @@ def test_eval_json(trained: Path) -> None:
     )
 
 
+def test_eval_record_feeds_the_model_card_and_json_stays_valid(
+    trained: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from stml_deploy.model_card import render_card
+    from stml_deploy.package import ModelPackage
+
+    package = tmp_path / "pkg"
+    shutil.copytree(trained, package)
+    result = run_cli("eval", str(package), "digits", "--json", "--workers", "0", "--record")
+    assert result.code == 0, result.err
+    recorded = json.loads((package / "config.json").read_text())["metrics"]["test"]
+    assert recorded["recall_at_1"] == json.loads(result.out)["recall_at_1"]
+    assert recorded["data"]["name"] == "digits (test)"
+    card = render_card(ModelPackage.load(package), "user/tiny")
+    assert "model-index" in card and f"value: {round(recorded['recall_at_1'], 4)}" in card
+    # 3 images of 3 classes: no query has a match, MAP@R is undefined -> null, not NaN
+    tiny = run_cli("eval", str(package), "digits", "--json", "--workers", "0", "--max-images", "3")
+    assert tiny.code == 0, tiny.err
+    metrics = json.loads(tiny.out)
+    assert metrics["queries_without_match"] == 3 and metrics["recall_at_1"] == 0.0
+    assert metrics["map_at_r"] is None
+
+
 def test_resume_after_interruption_gives_identical_weights(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     first = run_cli(

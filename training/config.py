@@ -39,6 +39,8 @@ class TrainConfig:
                 raise StmlError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
             raise StmlError("learning rates must be positive")
+        if self.weight_decay < 0:
+            raise StmlError(f"--weight-decay must be at least 0 (got {self.weight_decay})")
         if self.sigma <= 0 or self.delta <= 0:
             raise StmlError("--sigma and --delta must be positive")
         if not 0.0 <= self.momentum < 1.0:

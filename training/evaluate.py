@@ -49,7 +49,7 @@ def retrieval_metrics(
     labels: np.ndarray,
     ks: Sequence[int] = DEFAULT_KS,
     with_nmi: bool = True,
-) -> dict[str, float]:
+) -> dict[str, float | int | None]:
     """Recall@K plus MAP@R, R-precision, P@1 (and NMI) with the query excluded."""
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -68,4 +68,11 @@ def retrieval_metrics(
     if with_nmi:
         metrics["nmi"] = float(accuracy["NMI"])
     metrics["num_queries"] = len(labels)
-    return metrics
+    # Recall@K counts a query whose class has no other image as a miss; the Reality-Check
+    # metrics leave it out: say how many there are so the two can be compared
+    _, counts = np.unique(labels, return_counts=True)
+    metrics["queries_without_match"] = int(counts[counts == 1].sum())
+    # undefined (e.g. MAP@R when no query has a match) is None, so --json stays valid JSON
+    return {
+        k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()
+    }

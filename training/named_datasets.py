@@ -35,12 +35,30 @@ def _find_root(data_root: Path | None, marker: str, subdir: str, dataset: str) -
     )
 
 
-def _read_table(path: Path, skip_header: bool = False) -> list[list[str]]:
+def _read_table(
+    path: Path, columns: int, int_columns: tuple[int, ...] = (), skip_header: bool = False
+) -> list[list[str]]:
+    """Whitespace-separated rows of an annotation file; a malformed line is an error naming
+    the file and the line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise StmlError(f"{path}: cannot read ({exc.strerror})") from None
-    rows = [line.split() for line in lines[1 if skip_header else 0 :] if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StmlError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if (skip_header and number == 1) or not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < columns:
+            raise StmlError(
+                f"{path}, line {number}: expected {columns} columns, found {len(parts)}"
+            )
+        for c in int_columns:
+            if not parts[c].isdigit():
+                raise StmlError(
+                    f"{path}, line {number}: column {c + 1} should be a number, found {parts[c]!r}"
+                )
+        rows.append(parts)
     return rows
 
 
@@ -58,8 +76,15 @@ def _from_rows(
 def cub(data_root: Path | None, split: str) -> ImageSource:
     """CUB-200-2011: classes 1-100 train, 101-200 test."""
     root = _find_root(data_root, "images.txt", "CUB_200_2011", "cub")
-    images = {r[0]: r[1] for r in _read_table(root / "images.txt")}
-    labels = {r[0]: int(r[1]) for r in _read_table(root / "image_class_labels.txt")}
+    images = {r[0]: r[1] for r in _read_table(root / "images.txt", 2)}
+    label_file = root / "image_class_labels.txt"
+    labels = {r[0]: int(r[1]) for r in _read_table(label_file, 2, int_columns=(1,))}
+    unlabelled = [i for i in images if i not in labels]
+    if unlabelled:
+        raise StmlError(
+            f"{label_file}: no class for image id {unlabelled[0]} ({images[unlabelled[0]]}) "
+            f"and {len(unlabelled) - 1} more"
+        )
     rows = [(root / "images" / rel, labels[i]) for i, rel in images.items()]
     keep = (lambda c: c <= 100) if split == "train" else (lambda c: c > 100)
     return _from_rows("cub", root, rows, keep, split)
@@ -72,11 +97,11 @@ def cars(data_root: Path | None, split: str) -> ImageSource:
     root = _find_root(data_root, "cars_annos.mat", "cars196", "cars")
     try:
         annos = loadmat(root / "cars_annos.mat", squeeze_me=True)["annotations"]
-    except (ValueError, KeyError, OSError) as exc:
+        rows = [(root / str(a["relative_im_path"]), int(a["class"])) for a in np.atleast_1d(annos)]
+    except Exception as exc:  # scipy's MatReadError, a missing field, a malformed record
         raise StmlError(
-            f"{root / 'cars_annos.mat'}: not a Cars-196 annotation file ({exc})"
+            f"{root / 'cars_annos.mat'}: not a Cars-196 annotation file ({type(exc).__name__}: {exc})"
         ) from None
-    rows = [(root / str(a["relative_im_path"]), int(a["class"])) for a in np.atleast_1d(annos)]
     keep = (lambda c: c <= 98) if split == "train" else (lambda c: c > 98)
     return _from_rows("cars", root, rows, keep, split)
 
@@ -85,7 +110,8 @@ def sop(data_root: Path | None, split: str) -> ImageSource:
     """Stanford Online Products: Ebay_train.txt / Ebay_test.txt (disjoint classes)."""
     listing = "Ebay_train.txt" if split == "train" else "Ebay_test.txt"
     root = _find_root(data_root, listing, "Stanford_Online_Products", "sop")
-    rows = [(root / r[3], int(r[1])) for r in _read_table(root / listing, skip_header=True)]
+    table = _read_table(root / listing, 4, int_columns=(1,), skip_header=True)
+    rows = [(root / r[3], int(r[1])) for r in table]
     return _from_rows("sop", root, rows, lambda _: True, split)
 
 

@@ -124,6 +124,15 @@ class Trainer:
             return self.req.source
         return self.req.source.subset(self.active)
 
+    def _check_batch_fits(self, images: int) -> None:
+        """A batch larger than the data set would repeat images many times over (and can
+        exhaust memory): refused before any work, and again once unreadable files are out."""
+        if self.cfg.batch_size > images:
+            raise StmlError(
+                f"--batch-size {self.cfg.batch_size} exceeds the {images} readable training "
+                f"images in {self.req.source.root}; lower it"
+            )
+
     def _mine(self, student: EmbeddingNet, epoch: int) -> np.ndarray:
         """Nearest-neighbour table over the train set; drops images that cannot be read."""
         student.eval()
@@ -137,6 +146,7 @@ class Trainer:
             self.active = self.active[embedded.kept]
         if len(self.active) < 2:
             raise StmlError(f"{self.req.source.root}: fewer than 2 readable images to train on")
+        self._check_batch_fits(len(self.active))
         return nearest_neighbour_table(embedded.vectors, self.cfg.neighbours)
 
     def _loader(self, sampler: NeighbourBatchSampler) -> DataLoader:
@@ -167,6 +177,7 @@ class Trainer:
             raise StmlError(
                 f"--val {req.val_source.root}: validation data needs labels (class sub-folders)"
             )
+        self._check_batch_fits(len(req.source))
         _prepare_out(req)
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
