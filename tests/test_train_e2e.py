@@ -159,3 +159,44 @@ def test_damaged_images_are_skipped_or_stop_the_run_under_strict(
         and "Traceback" not in strict.err
     )
     assert not (tmp_path / "strict" / "model.safetensors").exists()
+
+
+def test_resume_on_a_folder_checks_the_files_not_the_spelling(
+    digit_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    data = tmp_path / "images"
+    shutil.copytree(digit_folder, data)
+    out = tmp_path / "pkg"
+    tiny = [*TINY_TRAIN[:-4], "--batch-size", "20", "--workers", "0"]
+    first = run_cli(
+        "train", str(data), "--out", str(out), "--epochs", "3", "--stop-after", "1", *tiny
+    )
+    assert first.code == 0, first.err
+    spelled_otherwise = str(data / ".." / "images")
+    second = run_cli("train", spelled_otherwise, "--out", str(out), "--resume", "--stop-after", "1")
+    assert second.code == 0 and "resuming" in second.err, second.err
+    renamed = next(data.rglob("*.png"))
+    renamed.rename(renamed.with_name("renamed.png"))
+    refused = run_cli("train", str(data), "--out", str(out), "--resume")
+    assert refused.code == 1 and "files in" in refused.err and "changed" in refused.err
+
+
+def test_resume_repairs_a_package_cut_between_weights_and_config(
+    trained: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from stml_deploy.package import ModelPackage
+
+    out = tmp_path / "pkg"
+    shutil.copytree(trained, out)
+    config = json.loads((out / "config.json").read_text())
+    config["artifacts"]["model.safetensors"]["sha256"] = "0" * 64  # the older config.json
+    (out / "config.json").write_text(json.dumps(config))
+    result = run_cli("train", *TRAIN_DATA, "--out", str(out), "--resume")
+    assert result.code == 0 and "rewriting the package" in result.err, result.err
+    ModelPackage.load(out)  # verifies again
+    a, b = weights(trained / "model.safetensors"), weights(out / "model.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)

@@ -66,7 +66,13 @@ def _googlenet(pretrained: bool) -> Backbone:
     # transform_input=True in both cases: it is a flag, not a weight, so a package trained
     # from pretrained weights must rebuild the same input re-scaling when loaded without them.
     if pretrained:
-        net = googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1, transform_input=True)
+        try:
+            net = googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1, transform_input=True)
+        except (OSError, RuntimeError) as exc:  # offline (URLError is an OSError), bad download
+            raise StmlError(
+                f"cannot fetch torchvision's GoogLeNet ImageNet weights ({exc}); check the "
+                "network, or train from scratch with --no-pretrained"
+            ) from None
     else:
         net = googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
     net.fc = nn.Identity()  # the ImageNet classifier is never used
@@ -88,7 +94,8 @@ def _timm(name: str, pretrained: bool) -> Backbone:
     except RuntimeError as exc:
         raise StmlError(f"cannot create backbone {name!r}: {exc}") from None
     except OSError as exc:  # download failures, offline
-        raise StmlError(f"cannot fetch pretrained weights for {name!r}: {exc}") from None
+        what = "pretrained weights" if pretrained else "the model's config from the Hub"
+        raise StmlError(f"cannot fetch {what} for {name!r}: {exc}") from None
     cfg = resolve_model_data_config(net)
     interpolation = cfg.get("interpolation", "bilinear")
     if interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from stml_deploy.console import warn
 from stml_deploy.errors import StmlError
 from training.sources import SPLITS, ImageSource, folder_source
 
@@ -201,6 +202,8 @@ def resolve_source(
         raise StmlError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
     root = Path(data_root) if data_root is not None else None
     if Path(data).exists():
+        if root is not None:
+            warn(f"--data-root {root} is ignored: {data} is a folder (it applies to dataset names)")
         source = folder_source(data)
         ref = {"data": str(Path(data).resolve()), "data_root": None, "split": split}
     else:

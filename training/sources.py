@@ -4,6 +4,7 @@ never reads the labels; evaluation and the gallery index do."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +88,10 @@ class ImageSource:
 def folder_source(root: str | os.PathLike[str]) -> ImageSource:
     """A folder of images, searched recursively. When every image sits in a first-level
     sub-folder, that sub-folder's name is its label (for evaluation only)."""
-    root = Path(root)
+    root = Path(root).resolve()  # the same folder typed two ways is the same data (--resume)
     paths = list_images(root)
     found, class_names = folder_labels(root, paths)
     labels = np.array(found, dtype=np.int64) if found is not None else None
-    return ImageSource(f"folder {root}", str(root), paths, labels, class_names, {"kind": "folder"})
+    listing = hashlib.sha256("\n".join(str(p.relative_to(root)) for p in paths).encode())
+    description = {"kind": "folder", "files_sha256": listing.hexdigest()}
+    return ImageSource(f"folder {root}", str(root), paths, labels, class_names, description)

@@ -204,7 +204,11 @@ class Trainer:
             )
             if start_epoch >= cfg.epochs:
                 info(f"{req.out}: training already complete ({start_epoch}/{cfg.epochs} epochs)")
-                return ModelPackage.load(req.out)
+                try:
+                    return ModelPackage.load(req.out)
+                except StmlError as exc:  # stopped between writing the weights and config.json
+                    info(f"rewriting the package from the training state ({exc})")
+                    return self._write_package(student, saved)
             info(f"resuming {req.out} after epoch {start_epoch}/{cfg.epochs}")
         student.to(self.device)
         teacher.to(self.device)
@@ -310,6 +314,8 @@ class Trainer:
         scaler.scale(terms.total).backward()
         scaler.step(optimizer)
         scaler.update()
+        # after the step (the mean-teacher convention); the reference code updates before it,
+        # which lags the teacher by one step: at momentum 0.999 a 0.1% difference per step
         ema_update(teacher, student, self.cfg.momentum)
         return terms.as_floats()
 
@@ -322,6 +328,11 @@ class Trainer:
             raise StmlError(
                 f"{self.req.out}: the run began on {saved.data.get('name')} "
                 f"({saved.data.get('images')} images), not {now.get('name')} ({now.get('images')})"
+            )
+        if saved.data.get("files_sha256", now.get("files_sha256")) != now.get("files_sha256"):
+            raise StmlError(
+                f"{self.req.out}: the files in {now.get('root')} changed since the run began "
+                f"(same count, different names); resuming would mix two data sets"
             )
 
     def _write_package(self, student: EmbeddingNet, saved: Progress) -> ModelPackage:
