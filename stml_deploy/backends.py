@@ -52,44 +52,45 @@ def _onnx_cpu(package: ModelPackage, precision: str, threads: int | None) -> Bac
 
 
 def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backend:
+    """ONNX Runtime on the GPU: its TensorRT provider (engines cached in engines/ort-tensorrt)
+    when present, else or when it fails to start, its CUDA provider. A provider counts only
+    once a real inference ran on it."""
     path = package.onnx_path(precision)
     available = onnx_runtime.ort().get_available_providers()
-    cache = package.root / ENGINES_DIR / "ort-tensorrt"
-    providers: list[Any] = []
+    stacks: list[list[Any]] = []
     if onnx_runtime.TENSORRT in available:
-        cache.mkdir(parents=True, exist_ok=True)
-        providers.append(
-            (
-                onnx_runtime.TENSORRT,
-                {
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache),
-                    "trt_timing_cache_enable": True,
-                },
-            )
-        )
+        cache = package.root / ENGINES_DIR / "ort-tensorrt"
+        options = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+        }
+        stacks.append([(onnx_runtime.TENSORRT, options)])
     if onnx_runtime.CUDA in available:
-        providers.append(onnx_runtime.CUDA)
-    if not providers:
+        if stacks:
+            stacks[0].append(onnx_runtime.CUDA)  # TensorRT hands unsupported nodes to CUDA
+        stacks.append([onnx_runtime.CUDA])
+    if not stacks:
         raise MissingDependencyError(
             f"this ONNX Runtime has no GPU providers (available: {', '.join(available)}); pip install 'stml[gpu]' "
             "(on a Jetson: onnxruntime-gpu from NVIDIA's Jetson index)"
         )
-    session = onnx_runtime.create_session(path, [*providers, onnx_runtime.CPU])
-    runner = _OrtRunner(session)
-    # a provider can load and still fail at the first run: only a real inference proves it
-    try:
-        runner.run(np.zeros((1, 3, image_size, image_size), dtype=np.uint8))
-    except Exception as exc:  # provider-specific runtime errors
-        raise MissingDependencyError(
-            f"{session.get_providers()[0]} failed its first inference: {exc}"
-        ) from None
-    return Backend(
-        "onnx-cuda",
-        precision,
-        f"onnxruntime {onnx_runtime.version()} {session.get_providers()[0]}",
-        runner,
-    )
+    reasons = []
+    for providers in stacks:
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        try:
+            if first == onnx_runtime.TENSORRT:
+                (package.root / ENGINES_DIR / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
+            session = onnx_runtime.create_session(path, [*providers, onnx_runtime.CPU])
+            runner = _OrtRunner(session)
+            runner.run(np.zeros((1, 3, image_size, image_size), dtype=np.uint8))
+        except Exception as exc:  # provider-specific load and runtime errors
+            reasons.append(f"{first}: {exc}")
+            continue
+        return Backend(
+            "onnx-cuda", precision, f"onnxruntime {onnx_runtime.version()} {first}", runner
+        )
+    raise MissingDependencyError("no ONNX Runtime GPU provider ran here: " + "; ".join(reasons))
 
 
 def find_engine(package: ModelPackage, precision: str) -> tuple[str, Path] | None:

@@ -58,12 +58,17 @@ class Embedder:
 
     @classmethod
     def from_pretrained(
-        cls, repo_id: str, revision: str | None = None, **kwargs: object
+        cls,
+        repo_id: str,
+        revision: str | None = None,
+        token: str | None = None,
+        **kwargs: object,
     ) -> Embedder:
-        """A package from the Hugging Face Hub (downloaded once, then from the local cache)."""
+        """A package from the Hugging Face Hub (downloaded once, then from the local cache);
+        `token` for private repos (default: HF_TOKEN or the saved login)."""
         from stml_deploy.hub import pull_to_cache
 
-        return cls(pull_to_cache(repo_id, revision), **kwargs)
+        return cls(pull_to_cache(repo_id, revision, token=token), **kwargs)
 
     @property
     def dim(self) -> int:

@@ -21,7 +21,10 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def pull_to_cache(repo_id: str, revision: str | None = None, verify: bool = True) -> ModelPackage:
+def pull_to_cache(
+    repo_id: str, revision: str | None = None, verify: bool = True, token: str | None = None
+) -> ModelPackage:
+    """`token` for a private repo (else HF_TOKEN or the saved login, as the Hub client reads)."""
     from stml_deploy.hub_transfer import download_package
 
-    return download_package(repo_id, revision, out=None, verify=verify)
+    return download_package(repo_id, revision, out=None, verify=verify, token=token)

@@ -41,6 +41,34 @@ def faiss_module() -> Any | None:
     return faiss
 
 
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise StmlError(f"unknown index kind {kind!r}; one of {', '.join(KINDS)}")
+    if kind == "hnsw" and faiss_module() is None:
+        raise StmlError("an HNSW index needs faiss: pip install 'stml[index]'")
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise StmlError(f"unknown search engine {engine!r}; one of {', '.join(ENGINES)}")
+    if engine == "faiss" and faiss_module() is None:
+        raise StmlError("--engine faiss: faiss is not installed (pip install 'stml[index]')")
+
+
+def _check_meta(root: Path, meta: Any) -> None:
+    """index.json has the fields and types the rest of the code relies on."""
+    expected = {"model": dict, "dim": int, "kind": str, "count": int}
+    if not isinstance(meta, dict):
+        raise StmlError(f"{root}: damaged index ({META_NAME} is not a JSON object)")
+    wrong = [k for k, t in expected.items() if not isinstance(meta.get(k), t)]
+    if not wrong and not isinstance(meta["model"].get("weights_sha256"), str):
+        wrong = ["model.weights_sha256"]
+    if wrong:
+        raise StmlError(f"{root}: damaged index ({META_NAME} lacks a valid {', '.join(wrong)})")
+    if meta["kind"] not in KINDS:
+        raise StmlError(f"{root}: damaged index (unknown kind {meta['kind']!r})")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -73,10 +101,7 @@ class GalleryIndex:
         ef_construction: int = 200,
         ef_search: int = 128,
     ) -> GalleryIndex:
-        if kind not in KINDS:
-            raise StmlError(f"unknown index kind {kind!r}; one of {', '.join(KINDS)}")
-        if kind == "hnsw" and faiss_module() is None:
-            raise StmlError("an HNSW index needs faiss: pip install 'stml[index]'")
+        check_kind(kind)
         meta = {
             "format_version": FORMAT_VERSION,
             "model": model,
@@ -156,6 +181,7 @@ class GalleryIndex:
             items = [json.loads(line) for line in lines if line.strip()]
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise StmlError(f"{root}: damaged index ({exc})") from None
+        _check_meta(root, meta)
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise StmlError(
                 f"{root}: index format {meta['format_version']} is newer than this stml understands"
@@ -222,8 +248,7 @@ class GalleryIndex:
 
     # --- search -------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, engine: str = "auto") -> SearchResult:
-        if engine not in ENGINES:
-            raise StmlError(f"unknown search engine {engine!r}; one of {', '.join(ENGINES)}")
+        check_engine(engine)
         if self.count == 0:
             raise StmlError(
                 f"{self.root or 'index'}: the index is empty; add images with stml index add"
@@ -237,8 +262,6 @@ class GalleryIndex:
             )
         k = min(k, self.count)
         faiss = faiss_module() if engine != "numpy" else None
-        if engine == "faiss" and faiss is None:
-            raise StmlError("--engine faiss: faiss is not installed (pip install 'stml[index]')")
         if self.kind == "hnsw" and faiss is not None:
             hnsw = self._hnsw_index()
             hnsw.hnsw.efSearch = max(self.meta["hnsw"]["ef_search"], k)

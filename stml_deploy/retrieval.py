@@ -13,17 +13,27 @@ from stml_deploy.errors import StmlError
 from stml_deploy.grid import MATCH, MISMATCH, QUERY, UNKNOWN, Tile, draw_grid
 from stml_deploy.hub import open_package
 from stml_deploy.images import expand_image_args, folder_labels
-from stml_deploy.index import GalleryIndex, check_index_target
+from stml_deploy.index import GalleryIndex, check_engine, check_index_target, check_kind
+from stml_deploy.package import onnx_name
+
+
+def _variant_sha(embedder: Embedder) -> str | None:
+    """sha256 of the ONNX variant behind the backend (a TensorRT engine is built from it)."""
+    meta = embedder.package.artifacts.get(onnx_name(embedder.backend.precision))
+    return meta.get("sha256") if meta else None
 
 
 def _model_record(embedder: Embedder, package_ref: str) -> dict[str, Any]:
     ref = package_ref if package_ref.startswith("hf://") else str(Path(package_ref).resolve())
+    hub = embedder.package.config.get("hub", {})
     return {
         "name": embedder.package.name,
         "weights_sha256": embedder.model_id,
         "package": ref,
+        "hub_commit": hub.get("commit"),
         "embedding_dim": embedder.dim,
         "precision": embedder.backend.precision,
+        "onnx_sha256": _variant_sha(embedder),
         "backend": embedder.backend.description,
     }
 
@@ -49,6 +59,7 @@ def build_index(
     batch_size: int = 32,
 ) -> GalleryIndex:
     check_index_target(Path(out).resolve())  # before minutes of embedding
+    check_kind(kind)
     paths, labels, names = gallery_paths(gallery)
     with Embedder(open_package(package_ref), backend, precision, batch_size) as embedder:
         result = embedder.embed_paths(paths, strict=strict, description="embedding gallery")
@@ -108,6 +119,7 @@ def add_to_index(
     index = GalleryIndex.load(index_path)
     paths = expand_image_args(images)
     with _embedder_for(index, package_ref, backend, precision, batch_size) as embedder:
+        _refuse_other_variant(index, embedder)
         result = embedder.embed_paths(paths, strict=strict, description="embedding new images")
     # new images in a folder named like one of the index's classes get that label
     labels = [query_label(index, p) for p in result.items] if index.class_names else None
@@ -115,6 +127,23 @@ def add_to_index(
     if added:
         index.save(index_path)
     return index, added
+
+
+def _refuse_other_variant(index: GalleryIndex, embedder: Embedder) -> None:
+    """Vectors of one index come from one exported variant: fp32 and int8 embeddings (or two
+    int8 calibrations) differ by more than the neighbours they are meant to separate."""
+    model = index.meta["model"]
+    precision, sha = model.get("precision"), model.get("onnx_sha256")
+    if precision and embedder.backend.precision != precision:
+        raise StmlError(
+            f"the index holds {precision} embeddings; adding {embedder.backend.precision} ones "
+            f"would mix two variants (use --precision {precision})"
+        )
+    if sha and _variant_sha(embedder) not in (None, sha):
+        raise StmlError(
+            f"{onnx_name(precision)} changed since the index was built (re-exported?); its "
+            "embeddings no longer match the index: rebuild it with stml index build"
+        )
 
 
 def query_label(index: GalleryIndex, path: str) -> int | None:
@@ -147,6 +176,7 @@ def search(
         raise StmlError(f"{index_path}: the index is empty; add images with stml index add")
     if k < 1:
         raise StmlError("-k must be at least 1")
+    check_engine(engine)
     if k > index.count:
         from stml_deploy.console import warn
 

@@ -50,6 +50,24 @@ def test_auto_backend_is_cpu_here_and_explicit_gpu_backends_explain(exported_pac
         Embedder(package, backend="coreml")
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")  # ORT's own note on the fake listing
+def test_onnx_cuda_tries_tensorrt_then_cuda_alone(
+    exported_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ORT that lists GPU providers which cannot start (this CPU build, told otherwise):
+    the TensorRT stack is tried, then CUDA alone, and the error gives both reasons."""
+    import onnxruntime
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
+    with pytest.raises(MissingDependencyError) as failure:
+        package = shutil.copytree(exported_package, tmp_path / "pkg")  # gets engines/ort-tensorrt
+        Embedder(ModelPackage.load(package), backend="onnx-cuda")
+    message = str(failure.value)
+    assert message.startswith("no ONNX Runtime GPU provider ran here")
+    assert "TensorrtExecutionProvider:" in message and "; CUDAExecutionProvider:" in message
+
+
 def test_missing_precision_and_tampered_artifact(exported_package: Path, tmp_path: Path) -> None:
     package_dir = tmp_path / "pkg"
     shutil.copytree(exported_package, package_dir)

@@ -42,10 +42,10 @@ def env_for(hub: HubServer, home: Path, token: str | None = TOKEN, **extra: str)
 
 
 def python_with_hub(
-    hub: HubServer, home: Path, code: str, *argv: str
+    hub: HubServer, home: Path, code: str, *argv: str, token: str | None = TOKEN
 ) -> subprocess.CompletedProcess:
     """`python -c code argv...` in the project folder, pointed at the loopback Hub."""
-    env = {**os.environ, **env_for(hub, home)}
+    env = {**os.environ, **env_for(hub, home, token)}
     return subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=ROOT,
@@ -181,16 +181,19 @@ def test_python_api_from_pretrained(
     hub: HubServer, exported_package: Path, digit_folder: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    assert stml(hub, home, "push", str(exported_package), "user/api").code == 0
+    assert stml(hub, home, "push", str(exported_package), "user/api", "--private").code == 0
     script = (
         "import sys, json; from stml_deploy import Embedder, Index; "
-        "e = Embedder.from_pretrained('user/api', backend='onnx', precision='int8'); "
+        "e = Embedder.from_pretrained('user/api', backend='onnx', precision='int8', token=sys.argv[1] or None); "
         f"r = e.embed_paths(sorted(__import__('pathlib').Path('{digit_folder}').rglob('*.png'))[:5], show_progress=False); "
         "print(json.dumps(list(r.vectors.shape)))"
     )
-    proc = python_with_hub(hub, home, script)
+    # a private repo, no HF_TOKEN in the environment: the token given to from_pretrained counts
+    proc = python_with_hub(hub, home, script, TOKEN, token=None)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [5, 16]
+    hidden = python_with_hub(hub, tmp_path / "home2", script, "", token=None)
+    assert hidden.returncode != 0 and "repository not found" in hidden.stderr
 
 
 def test_tampered_dropped_and_missing(

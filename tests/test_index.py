@@ -13,7 +13,7 @@ from PIL import Image
 
 from stml_deploy.errors import StmlError
 from stml_deploy.index import GalleryIndex, exact_search_numpy
-from tests.conftest import run_cli
+from tests.conftest import one_line_error, run_cli
 
 MODEL = {
     "name": "m",
@@ -76,6 +76,12 @@ def test_save_load_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / "idx" / "index.json").write_text("{")
     with pytest.raises(StmlError, match="damaged index"):
         GalleryIndex.load(tmp_path / "idx")
+    meta = {**index.meta}
+    for damaged in ([1, 2], {k: v for k, v in meta.items() if k != "model"}, {**meta, "dim": "8"},
+                    {**meta, "model": {}}, {**meta, "kind": "ivf"}):  # fmt: skip
+        (tmp_path / "idx" / "index.json").write_text(json.dumps(damaged))
+        with pytest.raises(StmlError, match="damaged index"):
+            GalleryIndex.load(tmp_path / "idx")
 
 
 def test_empty_index_and_bad_k() -> None:
@@ -167,6 +173,15 @@ def test_index_refuses_other_models_and_keeps_the_old_index(
     assert refused.code == 1 and "not the model this index was built with" in refused.err
     refused_add = run_cli("index", "add", str(index_dir), query, "--package", str(other))
     assert refused_add.code == 1 and "not the model this index was built with" in refused_add.err
+    # the same model, another exported variant: mixing int8 into an fp32 index is refused
+    built = json.loads((index_dir / "index.json").read_text())["model"]["precision"]
+    other_precision = "fp32" if built != "fp32" else "int8"
+    mixed = run_cli("index", "add", str(index_dir), query, "--precision", other_precision)
+    assert f"holds {built} embeddings; adding {other_precision}" in one_line_error(mixed)
+    # an unknown --kind is refused before any image is embedded
+    early = run_cli("index", "build", str(exported_package), str(digit_folder), "--out",
+                    str(tmp_path / "k"), "--kind", "ivf")  # fmt: skip
+    assert "unknown index kind 'ivf'" in one_line_error(early) and "embedding" not in early.err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"")
