@@ -27,6 +27,16 @@ TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
     },
 }
 CHECK_RANDOM = {"fp32": True, "fp16": True, "int8": False}
+# Recall@1 on N images moves in steps of 1/N, and near-tied neighbours flip under any rounding:
+# a bound finer than a few queries measures noise, so the drop allowed is at least this many
+# queries' worth (500 parity images: 0.6 points; the int8 bound of 1 point is unchanged).
+RECALL_NOISE_QUERIES = 3
+
+
+def _bound(metric: str, bound: float, measured: dict[str, float]) -> float:
+    if metric == "recall_at_1_drop" and measured.get("images"):
+        return max(bound, RECALL_NOISE_QUERIES / measured["images"])
+    return bound
 
 
 def violations(precision: str, measured: dict[str, float], scope: str) -> list[str]:
@@ -35,6 +45,7 @@ def violations(precision: str, measured: dict[str, float], scope: str) -> list[s
     for metric, (op, bound) in TOLERANCES[precision].items():
         if metric not in measured:
             continue
+        bound = _bound(metric, bound, measured)
         value = measured[metric]
         if (value > bound) if op == AT_MOST else (value < bound):
             out.append(f"{scope} {metric} = {value:.6g} (tolerance {op} {bound:g})")

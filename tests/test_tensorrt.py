@@ -59,44 +59,36 @@ def test_cached_engine_is_reused_only_when_sidecar_and_bytes_match(tmp_path: Pat
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_build_parity_and_cache(
-    precision: str, tmp_path: Path
+    precision: str, tiny_package: Path, tmp_path: Path
 ) -> None:  # pragma: no cover - GPU only
+    """The real TensorRT: build, parity, reuse, and a rebuild of bytes that do not deserialize
+    (int8 from the symmetric `tensorrt` target)."""
     pytest.importorskip("tensorrt")
     from export.tensorrt_build import EngineRequest, build_engine_with_parity
-    from tests.conftest import TINY_TRAIN, run_cli
+    from tests.conftest import EXPORT_DATA, run_cli
 
     package = tmp_path / "pkg"
-    assert (
-        run_cli(
-            "train",
-            "digits",
-            "--max-images",
-            "240",
-            "--out",
-            str(package),
-            "--epochs",
-            "2",
-            *TINY_TRAIN,
-        ).code
-        == 0
+    shutil.copytree(tiny_package, package)
+    exported = run_cli(
+        "export", str(package), "--precision", precision, "--int8-target", "tensorrt", *EXPORT_DATA
     )
-    assert (
-        run_cli("export", str(package), "--precision", "fp32,fp16", "--parity-data", "digits").code
-        == 0
-    )
-    entry = build_engine_with_parity(EngineRequest(str(package), precision, "1,4,16", 1.0))
+    assert exported.code == 0, exported.err
+    request = EngineRequest(str(package), precision, "1,4,16", 1.0)
+    entry = build_engine_with_parity(request)
     assert entry["passed"], entry["failures"]
     engines = sorted((package / "engines").glob("*.engine"))
     assert len(engines) == 1
     mtime = engines[0].stat().st_mtime_ns
-    build_engine_with_parity(EngineRequest(str(package), precision, "1,4,16", 1.0))
+    build_engine_with_parity(request)
     assert engines[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
-    shutil.copy(engines[0], engines[0].with_suffix(".bak"))
-    engines[0].write_bytes(b"garbage")
-    assert build_engine_with_parity(EngineRequest(str(package), precision, "1,4,16", 1.0))["passed"]
-    assert engines[0].read_bytes() != b"garbage"  # damaged engine rebuilt
+    engines[0].write_bytes(b"garbage")  # with a matching sidecar: only deserialization fails
+    sidecar = engines[0].with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "engine_sha256": sha256_file(engines[0])}))
+    assert build_engine_with_parity(request)["passed"]
+    assert engines[0].read_bytes() != b"garbage"  # rebuilt
 
 
 # --- the engine build, cache and runtime against a CPU imitation of TensorRT + cuda-python ---
