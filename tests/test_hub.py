@@ -294,6 +294,15 @@ def test_training_from_the_hub(hub: HubServer, exported_package: Path, tmp_path:
     with safe_open(str(hub_backbone / "model.safetensors"), "pt") as fh:
         got = fh.get_tensor("backbone.net.conv1.0.weight")
     assert (got - expected).abs().max() < 1e-6
+    # config.json names the timm architecture: eval rebuilds it with no Hub and an empty cache
+    assert (
+        json.loads((hub_backbone / "config.json").read_text())["architecture"]["timm_architecture"]
+        == "test_resnet"
+    )
+    hub.stop()
+    offline = stml(hub, tmp_path / "empty_home", "eval", str(hub_backbone), "digits", "--max-images",
+                   "60", "--json", "--workers", "0", HF_HUB_OFFLINE="1")  # fmt: skip
+    assert offline.code == 0, offline.err
 
 
 def test_pull_and_hf_refs_without_torch(

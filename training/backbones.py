@@ -4,7 +4,10 @@ width, and the preprocessing its weights expect."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +84,7 @@ def _googlenet(pretrained: bool) -> Backbone:
     )
 
 
-def _timm(name: str, pretrained: bool) -> Backbone:
+def _timm(name: str, pretrained: bool, model_args: dict[str, Any] | None = None) -> Backbone:
     import timm
     from timm.data import resolve_model_data_config
 
@@ -90,8 +93,10 @@ def _timm(name: str, pretrained: bool) -> Backbone:
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise StmlError(f"unknown backbone {name!r}: not a timm model name{hint}")
     try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
-    except RuntimeError as exc:
+        net = timm.create_model(
+            name, pretrained=pretrained, num_classes=0, global_pool="", **(model_args or {})
+        )
+    except (RuntimeError, TypeError) as exc:  # TypeError: arguments the model does not take
         raise StmlError(f"cannot create backbone {name!r}: {exc}") from None
     except OSError as exc:  # download failures, offline
         what = "pretrained weights" if pretrained else "the model's config from the Hub"
@@ -111,7 +116,36 @@ def _timm(name: str, pretrained: bool) -> Backbone:
     )
 
 
-def create_backbone(name: str, pretrained: bool) -> Backbone:
+def hub_backbone_recipe(name: str) -> dict[str, Any] | None:
+    """For an `hf-hub:` backbone, the timm architecture and arguments its Hub config names
+    (read from the local Hub cache, where timm just put it). Stored in config.json, they let
+    eval and export rebuild the network with no Hub access (the weights come from the package)."""
+    if not name.startswith("hf-hub:"):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = name.removeprefix("hf-hub:").partition("@")
+        path = hf_hub_download(repo_id, "config.json", revision=revision or None)
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {
+            "timm_architecture": str(config["architecture"]),
+            # stml sets the head itself (num_classes=0, no pooling)
+            "timm_model_args": {
+                k: v
+                for k, v in (config.get("model_args") or {}).items()
+                if k not in ("num_classes", "global_pool", "pretrained")
+            },
+        }
+    except Exception:  # no config reachable: eval/export will fetch it from the Hub then
+        return None
+
+
+def create_backbone(name: str, pretrained: bool, recipe: dict[str, Any] | None = None) -> Backbone:
+    """`recipe` (from hub_backbone_recipe) rebuilds an `hf-hub:` backbone without the Hub when
+    no pretrained weights are wanted."""
     if name.lower() in GOOGLENET_NAMES:
         return _googlenet(pretrained)
+    if recipe and not pretrained and name.startswith("hf-hub:"):
+        return _timm(recipe["timm_architecture"], False, recipe.get("timm_model_args") or {})
     return _timm(name, pretrained)

@@ -13,16 +13,22 @@ from stml_deploy.atomic import atomic_path
 from stml_deploy.errors import StmlError
 from stml_deploy.package import WEIGHTS_NAME, ModelPackage, new_config
 from stml_deploy.preprocess import PreprocessSpec
-from training.backbones import create_backbone
+from training.backbones import create_backbone, hub_backbone_recipe
 from training.config import TrainConfig
 from training.model import EmbeddingNet
 
+# config.json "architecture" keys that rebuild an hf-hub: backbone without the Hub
+HUB_RECIPE_KEYS = ("timm_architecture", "timm_model_args")
+
 
 def build_student(
-    cfg: TrainConfig, pretrained: bool | None = None
+    cfg: TrainConfig, pretrained: bool | None = None, recipe: dict[str, Any] | None = None
 ) -> tuple[EmbeddingNet, PreprocessSpec]:
-    """The student network and the preprocessing its backbone expects."""
-    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
+    """The student network and the preprocessing its backbone expects (`recipe`: see
+    hub_backbone_recipe)."""
+    backbone = create_backbone(
+        cfg.backbone, cfg.pretrained if pretrained is None else pretrained, recipe
+    )
     spec = PreprocessSpec(
         image_size=cfg.image_size,
         resize=cfg.resize_side,
@@ -91,7 +97,12 @@ def write_package(
     longer match new weights, so they are dropped from the record."""
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / WEIGHTS_NAME, student)
-    config = new_config(name, architecture(cfg, student), spec, training)
+    config = new_config(
+        name,
+        {**architecture(cfg, student), **(hub_backbone_recipe(cfg.backbone) or {})},
+        spec,
+        training,
+    )
     if metrics:
         config["metrics"] = metrics
     package = ModelPackage(out, config)
@@ -110,7 +121,9 @@ def load_student(package: ModelPackage, device: torch.device | str = "cpu") -> E
     """The trained student of a package (no download: the backbone is built without pretrained
     weights, then the package's weights are loaded strictly)."""
     cfg = train_config_of(package)
-    student, spec = build_student(cfg, pretrained=False)
+    recorded = package.config.get("architecture", {})
+    recipe = {k: recorded[k] for k in HUB_RECIPE_KEYS if k in recorded} or None
+    student, spec = build_student(cfg, pretrained=False, recipe=recipe)
     load_weights(package.path(WEIGHTS_NAME), student)
     _check_config_agrees(package, architecture(cfg, student), spec)
     return student.to(device).eval()
