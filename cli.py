@@ -358,7 +358,7 @@ def export(
     parity_data: Annotated[
         str | None,
         typer.Option(
-            help="Real images for the parity checks [default: the package's training data]."
+            help="Real images for the parity checks [default: the held-out test split of the package's training dataset, or its folder minus the calibration images]."
         ),
     ] = None,
     parity_size: Annotated[

@@ -16,7 +16,7 @@ from export.golden import ImageSet, golden_inputs, preprocess_source, save_golde
 from export.onnx_export import DEFAULT_OPSET, check_export_options, export_onnx, onnx_metadata
 from export.parity import compare
 from export.quantize import INT8_TARGETS, quantize_int8
-from export.report import cpu_name, record
+from export.report import REJECTED, cpu_name, record
 from stml_deploy import onnx_runtime
 from stml_deploy.atomic import sibling_path
 from stml_deploy.console import info, warn
@@ -216,7 +216,7 @@ class OnnxExporter:
                     if precision == "fp32":
                         fp32_source = final
                 else:  # an earlier artifact of this precision, if any, stays as it was
-                    entry["artifact"] = f"{onnx_name(precision)} (rejected)"
+                    entry["artifact"] = onnx_name(precision) + REJECTED
                     if req.keep_failed:
                         os.replace(tmp, final.with_name(final.name + ".failed"))
                     failures += [f"{onnx_name(precision)}: {f}" for f in result["failures"]]
@@ -303,7 +303,15 @@ def _without(source: ImageSource, calibration: ImageSet | None) -> ImageSource:
         return source
     seen = set(calibration.items)
     keep = [i for i, path in enumerate(source.items) if str(path) not in seen]
-    return source.subset(keep) if len(keep) >= 2 and len(keep) < len(source) else source
+    if len(keep) == len(source):
+        return source
+    if len(keep) < 2:
+        warn(
+            f"{source.root}: every parity image is also a calibration image; the int8 check "
+            "is optimistic (give --parity-data with other images)"
+        )
+        return source
+    return source.subset(keep)
 
 
 def export_package_onnx(req: OnnxExportRequest) -> ExportOutcome:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import compare
-from export.report import record
+from export.report import REJECTED, record
 from stml_deploy.atomic import atomic_write_bytes, atomic_write_json, sibling_path
 from stml_deploy.console import info
 from stml_deploy.cuda_device import current_device
@@ -141,45 +141,39 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     )
     engines = package.root / ENGINES_DIR
     engines.mkdir(exist_ok=True)
+    _sweep_abandoned_builds(engines)
     final = engines / engine_file_name(key)
-    candidate, fresh = _cached_runner(final, key), False
-    build_seconds = 0.0
-    if candidate is None:
-        candidate, fresh = sibling_path(final), True
-        info(
-            f"building {final.name} ({_why_build(final, key, engines)}); this takes minutes on a Jetson"
-        )
-        started = time.perf_counter()
-        timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
-        try:
+    artifact = f"{ENGINES_DIR}/{final.name}"
+    runner = _cached_runner(final, key)
+    candidate = final if runner is not None else sibling_path(final)
+    build_seconds, kept = 0.0, runner is not None
+    try:
+        if runner is None:
+            info(
+                f"building {final.name} ({_why_build(final, key, engines)}); this takes minutes on a Jetson"
+            )
+            started = time.perf_counter()
+            timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
             build_engine(
                 onnx_path, candidate, timing_cache, req.precision, profile, req.workspace_gib
             )
             runner = TrtEngineRunner(candidate)
-        except BaseException:
-            candidate.unlink(missing_ok=True)
-            raise
-        build_seconds = time.perf_counter() - started
-    else:
-        runner, candidate = candidate, final
-    try:
-        out = runner.run(golden["pixels"])
-    except BaseException:
-        if fresh:
-            candidate.unlink(missing_ok=True)
-        raise
-    finally:
-        runner.close()
-    result = compare(req.precision, out, golden["embedding"], golden["kind"])
-    if result["passed"]:
-        if fresh:
+            build_seconds = time.perf_counter() - started
+        try:
+            out = runner.run(golden["pixels"])
+        finally:
+            runner.close()
+        result = compare(req.precision, out, golden["embedding"], golden["kind"])
+        if result["passed"] and candidate != final:
             _commit_engine(candidate, final, key, req, device.name, build_seconds)
-        artifact = f"{ENGINES_DIR}/{final.name}"
-    else:
-        artifact = f"{ENGINES_DIR}/{final.name} (rejected)"
-        _discard_engine(candidate, final, req.keep_failed)
+        elif not result["passed"]:
+            _discard_engine(candidate, final, req.keep_failed)
+        kept = True  # committed, discarded, or the cached engine itself: nothing to clean up
+    finally:
+        if not kept:  # a build, run or check that did not finish leaves no temporary engine
+            candidate.unlink(missing_ok=True)
     entry = {
-        "artifact": artifact,
+        "artifact": artifact if result["passed"] else artifact + REJECTED,
         "precision": req.precision,
         "runtime": f"tensorrt {trt.__version__}",
         "provider": "TensorRT",
@@ -188,8 +182,22 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
         "parity_data": "golden set (real images)",
         **result,
     }
-    record(package, [entry])
+    # a cached engine that failed is deleted: its earlier pass no longer describes a file
+    record(package, [entry], forget=() if result["passed"] or candidate != final else (artifact,))
     return entry
+
+
+def _sweep_abandoned_builds(engines: Path) -> None:
+    """Temporary engines of builds whose process is gone (killed, power cut): they can be
+    hundreds of MB on a Jetson."""
+    for tmp in engines.glob(".*.engine.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def _cached_runner(engine: Path, key: dict[str, Any]) -> TrtEngineRunner | None:
@@ -227,13 +235,14 @@ def _commit_engine(
 ) -> None:
     """Rename the checked engine into place, then write its sidecar (an engine without one is
     never used, so a crash between the two only costs a rebuild); drop superseded engines."""
+    engine_sha256 = sha256_file(candidate)  # of this build, whatever another process renames
     final.with_suffix(".json").unlink(missing_ok=True)
     os.replace(candidate, final)
     atomic_write_json(
         final.with_suffix(".json"),
         {
             "key": key,
-            "engine_sha256": sha256_file(final),
+            "engine_sha256": engine_sha256,
             "onnx_artifact": onnx_name(req.precision),
             "parity_passed": True,
             "gpu": gpu,

@@ -52,5 +52,6 @@ def violations(precision: str, measured: dict[str, float], scope: str) -> list[s
     return out
 
 
-def as_json() -> dict[str, dict[str, str]]:
-    return {p: {m: f"{op} {b:g}" for m, (op, b) in t.items()} for p, t in TOLERANCES.items()}
+def applied(precision: str, retrieval: dict[str, float]) -> dict[str, str]:
+    """The tolerances as checked for this measurement (the Recall@1 floor included)."""
+    return {m: f"{op} {_bound(m, b, retrieval):g}" for m, (op, b) in TOLERANCES[precision].items()}

@@ -52,14 +52,20 @@ def _onnx_cpu(package: ModelPackage, precision: str, threads: int | None) -> Bac
 
 
 def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backend:
-    """ONNX Runtime on the GPU: its TensorRT provider (engines cached in engines/ort-tensorrt)
+    """ONNX Runtime on the GPU: its TensorRT provider (engines cached in engines/ort-tensorrt/)
     when present, else or when it fails to start, its CUDA provider. A provider counts only
     once a real inference ran on it."""
     path = package.onnx_path(precision)
     available = onnx_runtime.ort().get_available_providers()
     stacks: list[list[Any]] = []
+    # ORT's TensorRT engine cache does not notice a changed model: one folder per variant sha
+    cache = (
+        package.root
+        / ENGINES_DIR
+        / "ort-tensorrt"
+        / package.artifacts[onnx_name(precision)]["sha256"][:12]
+    )
     if onnx_runtime.TENSORRT in available:
-        cache = package.root / ENGINES_DIR / "ort-tensorrt"
         options = {
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(cache),
@@ -80,7 +86,7 @@ def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backen
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         try:
             if first == onnx_runtime.TENSORRT:
-                (package.root / ENGINES_DIR / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
+                cache.mkdir(parents=True, exist_ok=True)
             session = onnx_runtime.create_session(path, [*providers, onnx_runtime.CPU])
             runner = _OrtRunner(session)
             runner.run(np.zeros((1, 3, image_size, image_size), dtype=np.uint8))

@@ -30,4 +30,9 @@ class ImageLoadError(StmlError):
 
 
 class ArtifactMismatchError(StmlError):
-    """A package file is missing or does not match the sha256 its config.json records."""
+    """A package file (`rel`, relative to the package) is missing or does not match the sha256
+    its config.json records."""
+
+    def __init__(self, message: str, rel: str) -> None:
+        super().__init__(message)
+        self.rel = rel

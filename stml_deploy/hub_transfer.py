@@ -46,6 +46,7 @@ class _Hub:
         self.CommitOperationAdd = huggingface_hub.CommitOperationAdd
         self.CommitOperationDelete = huggingface_hub.CommitOperationDelete
         self.snapshot_download = huggingface_hub.snapshot_download
+        self.hf_hub_download = huggingface_hub.hf_hub_download
         self.constants, self.errors, self.utils = constants, errors, utils
         if not sys.stderr.isatty():  # transfer bars only on a terminal
             utils.disable_progress_bars()
@@ -134,21 +135,31 @@ def package_files(package: ModelPackage) -> list[str]:
     return files
 
 
-def publishable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json as uploaded: local folder paths of the training data are reduced to their
-    folder name (they say nothing to others and may say too much about this machine)."""
-    out = copy.deepcopy(config)
-    data = out.get("training", {}).get("data", {})
+def _reduce_data(data: Any) -> None:
+    """A data summary as published: local folder paths reduced to the folder's name."""
+    if not isinstance(data, dict):
+        return
     ref = data.get("ref") or {}
     if data.get("kind") == "folder" or (ref.get("data") and Path(str(ref["data"])).is_absolute()):
         if "root" in data:
             data["root"] = Path(str(data["root"])).name
         if ref.get("data"):
             ref["data"] = Path(str(ref["data"])).name
-    if isinstance(data, dict) and str(data.get("name", "")).startswith("folder /"):
+    if str(data.get("name", "")).startswith("folder /"):
         data["name"] = f"folder {Path(str(data['name'])[7:]).name}"
     if ref.get("data_root"):
         ref["data_root"] = None
+
+
+def publishable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json as uploaded: local folder paths of the training and evaluation data are
+    reduced to their folder name (they say nothing to others and may say too much about this
+    machine)."""
+    out = copy.deepcopy(config)
+    _reduce_data(out.get("training", {}).get("data"))
+    for metrics in (out.get("metrics") or {}).values():
+        if isinstance(metrics, dict):
+            _reduce_data(metrics.get("data"))
     out.pop("hub", None)
     return out
 
@@ -263,22 +274,40 @@ def _cached_package(
         raise StmlError(
             f"{repo_id}@{revision or 'main'} moved to another commit during the download; run the command again"
         )
-    try:
-        return ModelPackage.load(folder, verify=verify)
-    except ArtifactMismatchError as exc:
-        if hub.constants.HF_HUB_OFFLINE:
-            raise StmlError(
-                f"{exc}; the Hub cache copy in {folder} is damaged: delete that folder and run "
-                "again with the network on (HF_HUB_OFFLINE unset)"
-            ) from None
-        warn(f"{exc}; the Hub cache copy is damaged, downloading it again")
-    folder = hub.snapshot_download(
-        repo_id, revision=commit, token=token, library_name="stml", force_download=True
-    )
-    return ModelPackage.load(folder, verify=verify)
+    package = ModelPackage.load(folder, verify=False)
+    for _ in range(len(package.artifacts) + 1):
+        try:
+            if verify:
+                package.verify()
+            return package
+        except ArtifactMismatchError as exc:
+            if hub.constants.HF_HUB_OFFLINE:
+                raise StmlError(
+                    f"{exc}; the Hub cache copy in {folder} is damaged: delete that folder and "
+                    "run again with the network on (HF_HUB_OFFLINE unset)"
+                ) from None
+            warn(f"{exc}; the Hub cache copy is damaged, downloading {exc.rel} again")
+            hub.hf_hub_download(repo_id, exc.rel, revision=commit, token=token, force_download=True)
+    raise StmlError(f"{repo_id}: files in the Hub cache stay damaged after downloading them again")
 
 
-def _check_pull_target(target: Path) -> None:
+def _carry_engines(old: Path, new: Path, package: ModelPackage) -> None:
+    """Engines built on this device take minutes to rebuild: keep those of ONNX variants the
+    pulled package still has (names start with the variant's sha256), and the timing caches."""
+    if not old.is_dir():
+        return
+    shas = {m["sha256"][:12] for m in package.artifacts.values() if m.get("kind") == "onnx"}
+    for entry in old.iterdir():
+        if entry.name.startswith("timing-") or entry.name[:12] in shas:
+            new.mkdir(exist_ok=True)
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, new / entry.name)
+        elif entry.name == "ort-tensorrt" and entry.is_dir():
+            for cache in entry.iterdir():  # ONNX Runtime's cache, one folder per variant sha
+                if cache.name in shas:
+                    shutil.copytree(cache, new / entry.name / cache.name)
+
+
+def _check_pull_target(target: Path, remote: list[str]) -> None:
     """--out may be new, empty, or an earlier pull of a package (replaced whole, except its
     engines/ cache); a folder holding anything else is refused so nothing of the user's is lost."""
     if not target.exists():
@@ -295,7 +324,7 @@ def _check_pull_target(target: Path) -> None:
         known = set(ModelPackage.load(target, verify=False).artifacts)
     except StmlError:
         known = set()
-    known |= {CONFIG_NAME, README, REPORT_NAME, ".gitattributes"}
+    known |= {CONFIG_NAME, README, REPORT_NAME, ".gitattributes", *remote}
     foreign = sorted(
         str(p.relative_to(target))
         for p in target.rglob("*")
@@ -330,7 +359,7 @@ def download_package(
             raise StmlError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
         target = Path(out).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)  # staging sits beside it: same filesystem
-        _check_pull_target(target)
+        _check_pull_target(target, names)
         with tempfile.TemporaryDirectory(prefix=".stml-pull-", dir=target.parent) as staging:
             hub.snapshot_download(
                 repo_id, revision=commit, token=token, local_dir=staging, library_name="stml"
@@ -344,8 +373,7 @@ def download_package(
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dest)
                 package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
-                if (target / ENGINES_DIR).is_dir():  # built on this device: minutes to rebuild
-                    shutil.copytree(target / ENGINES_DIR, tmp / ENGINES_DIR)
+                _carry_engines(target / ENGINES_DIR, tmp / ENGINES_DIR, package)
                 package.config["hub"] = {
                     "repo_id": repo_id,
                     "revision": revision or "main",

@@ -181,11 +181,10 @@ class GalleryIndex:
             items = [json.loads(line) for line in lines if line.strip()]
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise StmlError(f"{root}: damaged index ({exc})") from None
+        version = meta.get("format_version", 0) if isinstance(meta, dict) else 0
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise StmlError(f"{root}: index format {version} is newer than this stml understands")
         _check_meta(root, meta)
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise StmlError(
-                f"{root}: index format {meta['format_version']} is newer than this stml understands"
-            )
         count = meta.get("count")
         if (
             vectors.ndim != 2

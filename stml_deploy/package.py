@@ -83,12 +83,13 @@ class ModelPackage:
                 continue  # hashed once already (large files cost seconds)
             file = self.path(rel)
             if not file.is_file():
-                raise ArtifactMismatchError(f"{file}: missing (listed in {CONFIG_NAME})")
+                raise ArtifactMismatchError(f"{file}: missing (listed in {CONFIG_NAME})", rel)
             actual = sha256_file(file)
             if actual != meta.get("sha256"):
                 raise ArtifactMismatchError(
                     f"{file}: sha256 mismatch (expected {str(meta.get('sha256'))[:12]}..., "
-                    f"found {actual[:12]}...); the file is damaged or was modified"
+                    f"found {actual[:12]}...); the file is damaged or was modified",
+                    rel,
                 )
             self._verified[rel] = actual
 

@@ -147,6 +147,8 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
             self.logger = logger
 
         def create_network(self, flags: int) -> _Network:
+            # stml asks for a strongly typed network (precision from the ONNX types) only
+            assert flags == 1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED), flags
             return _Network(flags)
 
         def create_builder_config(self) -> _Config:

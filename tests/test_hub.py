@@ -102,11 +102,23 @@ def test_revisions_branches_and_prs(hub: HubServer, exported_package: Path, tmp_
     first = stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a"))
     first_commit = json.loads((tmp_path / "a" / "config.json").read_text())["hub"]["commit"]
     assert first.code == 0
-    # pulling again over an earlier pull keeps the device's engines, refuses foreign files
-    (tmp_path / "a" / "engines").mkdir()
-    (tmp_path / "a" / "engines" / "built-here.engine").write_bytes(b"plan")
+    # pulling again over an earlier pull keeps the device's engines of the variants it still
+    # has (ONNX Runtime's TensorRT cache too), drops others, and refuses foreign files
+    sha12 = json.loads((tmp_path / "a" / "config.json").read_text())["artifacts"][
+        "onnx/model.onnx"
+    ]["sha256"][:12]
+    engines = tmp_path / "a" / "engines"
+    (engines / "ort-tensorrt" / sha12).mkdir(parents=True)
+    (engines / "ort-tensorrt" / "0123456789ab").mkdir()
+    for name in (f"{sha12}-sm87-trt10.3.0-fp32-b1_8_32.engine", "0123456789ab-sm87-trt10.3.0-fp32-b1_8_32.engine",
+                 "timing-sm87-trt10.3.0.cache", f"ort-tensorrt/{sha12}/cached", "ort-tensorrt/0123456789ab/cached"):  # fmt: skip
+        (engines / name).write_bytes(b"plan")
     assert stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a")).code == 0
-    assert (tmp_path / "a" / "engines" / "built-here.engine").read_bytes() == b"plan"
+    assert sorted(str(p.relative_to(engines)) for p in engines.rglob("*") if p.is_file()) == [
+        f"{sha12}-sm87-trt10.3.0-fp32-b1_8_32.engine",
+        f"ort-tensorrt/{sha12}/cached",
+        "timing-sm87-trt10.3.0.cache",
+    ]
     (tmp_path / "a" / "NOTES.txt").write_text("mine")
     refused = stml(hub, home, "pull", "user/rev", "--out", str(tmp_path / "a"))
     assert "NOTES.txt" in one_line_error(refused)
@@ -153,9 +165,12 @@ def test_cache_and_offline(
         blob.chmod(0o644)
         blob.write_bytes(bytes(data))
 
-    damage()  # online: the damaged cache copy is downloaded again
+    damage()  # online: the damaged file of the cache copy is downloaded again, alone
+    large_files = hub.count("GET", "/cdn-lfs/")  # large files come from the LFS store
+    assert large_files > 3  # the first download fetched weights, ONNX files, golden set
     repaired = stml(hub, home, "info", "hf://user/cached")
-    assert repaired.code == 0 and "downloading it again" in repaired.err, repaired.err
+    assert repaired.code == 0 and "downloading onnx/model.onnx again" in repaired.err, repaired.err
+    assert hub.count("GET", "/cdn-lfs/") - large_files <= 1  # that file only
     damage()
     stuck = stml(hub, home, "info", "hf://user/cached", HF_HUB_OFFLINE="1")
     assert str(snapshot) in one_line_error(stuck) and "delete that folder" in stuck.err
@@ -320,3 +335,21 @@ def test_pull_and_hf_refs_without_torch(
         proc = python_with_hub(hub, home, BLOCK_TORCH, *args)
         assert proc.returncode == 0, (args, proc.stderr)
     assert ModelPackage.load(tmp_path / "edge").config["hub"]["repo_id"] == "user/edge"
+
+
+def test_published_config_names_no_local_paths() -> None:
+    from stml_deploy.hub_transfer import publishable_config
+
+    def folder_data(path: str) -> dict:
+        return {"name": f"folder {path}", "root": path, "kind": "folder",
+                "ref": {"data": path, "data_root": "/home/me/data", "split": "test"}}  # fmt: skip
+
+    config = {
+        "training": {"data": folder_data("/home/me/secret/products")},
+        "metrics": {"test": {"recall_at_1": 0.5, "data": folder_data("/home/me/secret/held_out")}},
+        "hub": {"repo_id": "user/x"},
+    }
+    published = json.dumps(publishable_config(config))
+    assert "/home/me" not in published and "hub" not in publishable_config(config)
+    assert publishable_config(config)["metrics"]["test"]["data"]["root"] == "held_out"
+    assert config["metrics"]["test"]["data"]["root"] == "/home/me/secret/held_out"  # a copy

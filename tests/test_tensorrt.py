@@ -4,6 +4,7 @@ build + parity itself (marked gpu: needs TensorRT and a CUDA device, skipped her
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -146,9 +147,20 @@ def test_engine_is_gated_by_parity_cached_and_rebuilt_when_stale(
     monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.3.1.fake")
     upgraded = cli_main(*build)
     assert upgraded.code == 0 and "built for another tensorrt_version" in upgraded.err
-    assert [n for n in _engines(trt_package) if n.endswith(".engine")] == [
-        engine.replace("10.3.0.fake", "10.3.1.fake")
-    ]
+    upgraded_engine = engine.replace("10.3.0.fake", "10.3.1.fake")
+    assert [n for n in _engines(trt_package) if n.endswith((".engine", ".json"))] == [
+        upgraded_engine,
+        upgraded_engine.replace(".engine", ".json"),
+    ]  # the superseded engine and its sidecar are gone
+
+    # a temporary engine of a build whose process died is swept; one of a live process is not
+    engines = trt_package / "engines"
+    dead = engines / f".{upgraded_engine}.tmp-999999999-abcd1234"
+    alive = engines / f".{upgraded_engine}.tmp-{os.getpid()}-abcd1234"
+    dead.write_bytes(b"half a plan")
+    alive.write_bytes(b"a plan being built")
+    assert cli_main(*build).code == 0
+    assert not dead.exists() and alive.exists()
 
 
 def test_engine_failing_parity_is_never_kept_or_used(
@@ -186,6 +198,20 @@ def test_engine_failing_parity_is_never_kept_or_used(
     assert cli_main(*build).code == 0
     precision, engine = find_engine(ModelPackage.load(trt_package), "auto")
     assert precision == "fp16" and engine.suffix == ".engine"
+    # the report now holds the pass, not the earlier rejection of the same engine
+    report = json.loads((trt_package / "parity" / "report.json").read_text())["results"]
+    rows = [e for e in report if e["artifact"].startswith(f"engines/{engine.name}")]
+    assert [(e["artifact"], e["passed"]) for e in rows] == [(f"engines/{engine.name}", True)]
+
+    # the cached engine failing a later check is deleted, and so is its pass in the report
+    knobs.noise = 0.05
+    assert cli_main(*build).code == 1
+    assert not engine.exists() and not engine.with_suffix(".json").exists()
+    report = json.loads((trt_package / "parity" / "report.json").read_text())["results"]
+    rows = [e for e in report if e["artifact"].startswith(f"engines/{engine.name}")]
+    assert [(e["artifact"], e["passed"]) for e in rows] == [
+        (f"engines/{engine.name} (rejected)", False)
+    ]
 
 
 def test_trt_backend_runs_the_engine_in_chunks_and_auto_prefers_it(

@@ -17,7 +17,14 @@ from torch.utils.data import DataLoader
 
 from stml_deploy.console import info, progress, stderr
 from stml_deploy.errors import StmlError
-from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ONNX_DIR, PARITY_DIR, ModelPackage
+from stml_deploy.package import (
+    CONFIG_NAME,
+    ENGINES_DIR,
+    ONNX_DIR,
+    PARITY_DIR,
+    WEIGHTS_NAME,
+    ModelPackage,
+)
 from training.config import TrainConfig
 from training.device import autocast_factory, resolve_amp, resolve_device
 from training.embedding import embed_source
@@ -204,11 +211,12 @@ class Trainer:
             )
             if start_epoch >= cfg.epochs:
                 info(f"{req.out}: training already complete ({start_epoch}/{cfg.epochs} epochs)")
-                try:
+                problem = _weights_record_problem(req.out)
+                if problem is None:
                     return ModelPackage.load(req.out)
-                except StmlError as exc:  # stopped between writing the weights and config.json
-                    info(f"rewriting the package from the training state ({exc})")
-                    return self._write_package(student, saved)
+                # stopped between writing the weights and config.json: the state has both
+                info(f"rewriting the package from the training state ({problem})")
+                return self._write_package(student, saved)
             info(f"resuming {req.out} after epoch {start_epoch}/{cfg.epochs}")
         student.to(self.device)
         teacher.to(self.device)
@@ -353,6 +361,16 @@ class Trainer:
         return write_package(
             self.req.out, student, self.cfg, self.spec, self.name, training, metrics
         )
+
+
+def _weights_record_problem(out: Path) -> str | None:
+    """Why config.json does not describe model.safetensors (None: it does). Other artifacts
+    are not looked at: rewriting the config would drop their records."""
+    try:
+        ModelPackage.load(out, verify=False).verify(only=[WEIGHTS_NAME])
+    except StmlError as exc:  # unreadable config.json, or weights not the recorded ones
+        return str(exc)
+    return None
 
 
 def train(req: TrainRequest) -> ModelPackage:
