@@ -7,6 +7,7 @@ rebuild) and by the runtime (which engine runs here)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,19 @@ def superseded_engines(folder: Path, key: dict[str, Any]) -> list[tuple[Path, li
     ONNX file or TensorRT version): they can never run again here. Each with what differs."""
     same = ("compute_capability", "precision", "batch_profile")
     found = []
-    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        old = (_sidecar(sidecar.with_suffix(".engine")) or {}).get("key", {})
+    for engine, old in _cached_keys(folder):
         if all(old.get(k) == key[k] for k in same):
             differs = [k for k, v in key.items() if old.get(k) != v]
             if differs:
-                found.append((sidecar.with_suffix(".engine"), differs))
+                found.append((engine, differs))
     return found
+
+
+def _cached_keys(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(engine path, its sidecar's key) for every sidecar in `folder`."""
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        engine = sidecar.with_suffix(".engine")
+        yield engine, (_sidecar(engine) or {}).get("key", {})
 
 
 def usable_engines(
@@ -86,10 +93,7 @@ def usable_engines(
     """(precision, max batch, engine) for every cached engine valid on this device for the
     package's current ONNX variants (`onnx_sha`: precision -> sha256)."""
     found = []
-    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        engine = sidecar.with_suffix(".engine")
-        meta = _sidecar(engine) or {}
-        key = meta.get("key", {})
+    for engine, key in _cached_keys(folder):
         precision = key.get("precision")
         if precision not in onnx_sha:
             continue
