@@ -77,9 +77,11 @@ class ImageSource:
         out.description["subset"] = f"{max_images} of {len(self)} (seed {seed})"
         return out
 
-    def summary(self) -> dict[str, object]:
+    def summary(self, with_labels: bool = True) -> dict[str, object]:
+        """What the data is, for config.json; training passes with_labels=False (it never
+        looks at labels, not even to count classes)."""
         out: dict[str, object] = {"name": self.name, "root": self.root, "images": len(self)}
-        if self.labels is not None:
+        if with_labels and self.labels is not None:
             out["classes"] = len(np.unique(self.labels))
         out.update(self.description)
         return out

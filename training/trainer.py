@@ -289,7 +289,7 @@ class Trainer:
                 )
             history.append(entry)
             saved = Progress(
-                epoch + 1, global_step, cfg.to_dict(), req.source.summary(), history,
+                epoch + 1, global_step, cfg.to_dict(), req.source.summary(with_labels=False), history,
                 sorted(set(range(len(req.source))) - set(self.active.tolist())),
             )  # fmt: skip
             if epoch == start_epoch:
@@ -329,7 +329,7 @@ class Trainer:
 
     def _check_resume(self, saved: Progress) -> None:
         """The options come from the saved run (resume_config); the data must be the same."""
-        now = self.req.source.summary()
+        now = self.req.source.summary(with_labels=False)
         if saved.data.get("images") != now.get("images") or saved.data.get("name") != now.get(
             "name"
         ):
