@@ -234,3 +234,14 @@ def test_trt_backend_runs_the_engine_in_chunks_and_auto_prefers_it(
     np.testing.assert_allclose(on_engine.vectors, on_cpu.vectors, atol=1e-5)
     auto.backend.close()
     assert knobs.runtime.live_allocations == {}  # device buffers freed
+
+    # stml bench puts the engine beside ONNX Runtime, with its parity; batch 16 is above the
+    # engine's profile and is said so instead of run
+    bench = cli_main("bench", str(trt_package), "--backends", "trt,onnx", "--precisions", "fp32",
+                     "--batch-sizes", "1,16", "--repeats", "2", "--json")  # fmt: skip
+    assert bench.code == 0, bench.err
+    report = json.loads(bench.out)
+    trt_rows = [r for r in report["rows"] if r["backend"] == "trt"]
+    assert [r["batch"] for r in trt_rows] == [1] and trt_rows[0]["parity"]["cosine_min"] > 0.99999
+    assert any("above the engine's profile max 8" in note for note in report["skipped"])
+    assert {r["backend"] for r in report["rows"]} == {"trt", "onnx"}
