@@ -6,7 +6,8 @@ that need them.
     from stml_deploy import Embedder, Index
     embedder = Embedder.from_pretrained("org/name")          # or Embedder.from_package("dir")
     index = Index.load("gallery.idx")
-    hits = index.search(embedder.embed_paths(["q.jpg"]).vectors, k=5)
+    for hits in index.search_images(embedder, ["q.jpg"], k=5):   # one list per query image
+        print([(h["path"], h["score"]) for h in hits])
 """
 
 from stml_deploy.embedder import Embedder, Embeddings

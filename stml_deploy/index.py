@@ -9,15 +9,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stml_deploy.atomic import atomic_directory, atomic_write_json
 from stml_deploy.console import warn
 from stml_deploy.errors import StmlError
+
+if TYPE_CHECKING:
+    from stml_deploy.embedder import Embedder
 
 FORMAT_VERSION = 1
 META_NAME, VECTORS_NAME, ITEMS_NAME, HNSW_NAME = (
@@ -246,6 +250,35 @@ class GalleryIndex:
         return self._hnsw
 
     # --- search -------------------------------------------------------------------------
+    def hits(self, found: SearchResult, query: int) -> list[dict[str, Any]]:
+        """Query `query`'s results as {"rank", "path", "score", "label"} rows, best first."""
+        return [
+            {
+                "rank": rank,
+                "path": self.items[int(row)]["path"],
+                "score": round(float(score), 6),
+                "label": self.label_name(self.items[int(row)]["label"]),
+            }
+            for rank, (score, row) in enumerate(
+                zip(found.scores[query], found.indices[query], strict=True), start=1
+            )
+        ]
+
+    def search_images(
+        self, embedder: Embedder, images: Sequence[str | os.PathLike[str]], k: int = 5
+    ) -> list[list[dict[str, Any]]]:
+        """Embed `images` and search: one list of hits per readable image (unreadable ones are
+        skipped with a warning). Refuses an embedder of another model, whose vectors would not
+        be comparable with the index's."""
+        if embedder.model_id != self.model_id:
+            raise StmlError(
+                f"the embedder's model ({embedder.model_id[:12]}...) is not the one this index was "
+                f"built with ({self.model_id[:12]}..., {self.meta['model'].get('name')})"
+            )
+        result = embedder.embed_paths(list(images), show_progress=False)
+        found = self.search(result.vectors, k)
+        return [self.hits(found, q) for q in range(len(result.items))]
+
     def search(self, queries: np.ndarray, k: int, engine: str = "auto") -> SearchResult:
         check_engine(engine)
         if self.count == 0:

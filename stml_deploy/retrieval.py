@@ -191,22 +191,10 @@ def search(
     if not result.items:
         raise StmlError("none of the query images could be read")
     found = index.search(result.vectors, k, engine)
-    out = []
-    for q, query in enumerate(result.items):
-        hits = []
-        for rank, (score, row) in enumerate(
-            zip(found.scores[q], found.indices[q], strict=True), start=1
-        ):
-            item = index.items[int(row)]
-            hits.append(
-                {
-                    "rank": rank,
-                    "path": item["path"],
-                    "score": round(float(score), 6),
-                    "label": index.label_name(item["label"]),
-                }
-            )
-        out.append(QueryHits(query, index.label_name(query_label(index, query)), hits))
+    out = [
+        QueryHits(query, index.label_name(query_label(index, query)), index.hits(found, q))
+        for q, query in enumerate(result.items)
+    ]
     return index, out
 
 

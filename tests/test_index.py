@@ -234,3 +234,24 @@ def test_hnsw_cli_labels_on_add_and_safe_out(
     )
     assert refused.code == 1 and "not a gallery index" in refused.err
     assert (photos / "keep.txt").read_text() == "precious"
+
+
+def test_python_api_searches_images_with_the_index_model(
+    exported_package: Path, digit_folder: Path, tmp_path: Path
+) -> None:
+    from stml_deploy import Embedder, Index
+
+    built = run_cli("index", "build", str(exported_package), str(digit_folder), "--out",
+                    str(tmp_path / "idx"), "--precision", "fp32")  # fmt: skip
+    assert built.code == 0, built.err
+    index = Index.load(tmp_path / "idx")
+    queries = sorted(digit_folder.rglob("*.png"))[:3]
+    with Embedder.from_package(exported_package, backend="onnx", precision="fp32") as embedder:
+        results = index.search_images(embedder, queries, k=4)
+        assert len(results) == 3 and all(len(hits) == 4 for hits in results)
+        for query, hits in zip(queries, results, strict=True):
+            assert hits[0]["path"] == str(query.resolve()) and hits[0]["score"] > 0.999
+            assert hits[0]["label"] == query.parent.name and hits[0]["rank"] == 1
+        index.meta["model"]["weights_sha256"] = "0" * 64  # as if built with another model
+        with pytest.raises(StmlError, match="not the one this index was built with"):
+            index.search_images(embedder, queries)
