@@ -754,12 +754,64 @@ def info_command(
 
 
 def _print_description(data: dict[str, Any], as_json: bool) -> None:
+    """`stml info`: JSON for scripts; for people, sections of key/value rows and tables (file
+    lists, parity results), hashes shortened, sizes in MB."""
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    from rich.pretty import Pretty
+    from rich.table import Table
 
-    stdout.print(Pretty(data, expand_all=False))
+    def shown(key: str, value: Any) -> str:
+        if key == "recall_at_1_drop":
+            from stml_deploy.parity_metrics import recall_change_text
+
+            return recall_change_text(value)
+        if (
+            isinstance(value, str)
+            and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value)
+        ):
+            return value[:12] + "..."
+        if key.endswith("bytes") and isinstance(value, int):
+            return f"{value / 1e6:.1f} MB" if value >= 100_000 else f"{value / 1e3:.1f} kB"
+        if isinstance(value, float):
+            return f"{value:.5g}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {shown(k, v)}" for k, v in value.items() if v not in (None, {}))
+        if isinstance(value, list):
+            return ", ".join(shown(key, v) for v in value) if value else "-"
+        return "-" if value is None else str(value)
+
+    def rows_table(title: str, rows: list[dict[str, Any]], first: str | None = None) -> Table:
+        columns = [first] if first else []
+        columns += list(dict.fromkeys(k for row in rows for k in row if k != first))
+        table = Table(title=title, title_justify="left", show_edge=False)
+        for column in columns:
+            table.add_column("R@1 change" if column == "recall_at_1_drop" else column)
+        for row in rows:
+            table.add_row(*(shown(c, row.get(c)) for c in columns))
+        return table
+
+    stdout.print(f"[bold]{data.get('kind', '')}[/] {data.get('path', '')}")
+    scalars = Table.grid(padding=(0, 2))
+    for key, value in data.items():
+        if key not in ("kind", "path") and not isinstance(value, dict | list):
+            scalars.add_row(key, shown(key, value))
+    stdout.print(scalars)
+    for key, value in data.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            rows = [{"file": k, **v} for k, v in value.items()]  # e.g. artifacts
+            stdout.print(rows_table(key, rows, "file"))
+        elif isinstance(value, dict) and value:
+            section = Table.grid(padding=(0, 2))
+            for k, v in value.items():
+                section.add_row(f"  {k}", shown(k, v))
+            stdout.print(f"[bold]{key}[/]")
+            stdout.print(section)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            stdout.print(rows_table(key, value))
+        elif isinstance(value, list):
+            stdout.print(f"[bold]{key}[/]  {shown(key, value)}")
 
 
 # --- Hugging Face Hub ----------------------------------------------------------------------

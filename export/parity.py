@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.tolerances import CHECK_RANDOM, applied, violations
-from stml_deploy.parity_metrics import recall_at_1, tensor_metrics, topk_overlap
+from stml_deploy.parity_metrics import hits_at_1, tensor_metrics, topk_overlap
 
 
 def compare(
@@ -35,9 +35,15 @@ def compare(
         "top10_overlap": topk_overlap(parity_out, parity_ref, 10),
     }
     if labels is not None and len(np.unique(labels)) > 1:
-        r1, r1_ref = recall_at_1(parity_out, labels), recall_at_1(parity_ref, labels)
+        hits, hits_ref = hits_at_1(parity_out, labels), hits_at_1(parity_ref, labels)
         retrieval.update(
-            {"recall_at_1": r1, "recall_at_1_reference": r1_ref, "recall_at_1_drop": r1_ref - r1}
+            {
+                "recall_at_1": float(hits.mean()),
+                "recall_at_1_reference": float(hits_ref.mean()),
+                "recall_at_1_drop": float(hits_ref.mean() - hits.mean()),
+                # queries whose hit/miss changed either way: the noise the drop is judged against
+                "recall_at_1_flips": int((hits != hits_ref).sum()),
+            }
         )
     result["retrieval"] = retrieval
     result["tolerances"] = applied(precision, retrieval)

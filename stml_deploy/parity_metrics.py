@@ -37,8 +37,13 @@ def topk_overlap(emb: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
 
 
+def hits_at_1(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per query: does its nearest other item share its label (bool [N])."""
+    return labels[neighbours(emb, 1)[:, 0]] == labels
+
+
 def recall_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
-    return float((labels[neighbours(emb, 1)[:, 0]] == labels).mean())
+    return float(hits_at_1(emb, labels).mean())
 
 
 def recall_change_text(drop: float | None) -> str:

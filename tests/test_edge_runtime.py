@@ -154,3 +154,10 @@ def test_info_on_package(exported_package: Path) -> None:
         "onnx/model.int8.onnx",
     }
     assert all(p["passed"] for p in data["parity"])
+    # for people: sections and tables, hashes shortened, no Python dict syntax
+    human = run_cli("info", str(exported_package))
+    assert human.code == 0, human.err
+    sha = data["artifacts"]["onnx/model.onnx"]["sha256"]
+    assert f"{sha[:12]}..." in human.out and sha not in human.out
+    assert "onnx/model.int8.onnx" in human.out and "R@1 change" in human.out
+    assert "{" not in human.out and "'" not in human.out
