@@ -13,7 +13,7 @@ from stml_deploy.atomic import atomic_path
 from stml_deploy.errors import StmlError
 from stml_deploy.package import WEIGHTS_NAME, ModelPackage, new_config
 from stml_deploy.preprocess import PreprocessSpec
-from training.backbones import create_backbone, hub_backbone_recipe
+from training.backbones import create_backbone
 from training.config import TrainConfig
 from training.model import EmbeddingNet
 
@@ -92,16 +92,15 @@ def write_package(
     name: str,
     training: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    backbone_recipe: dict[str, Any] | None = None,
 ) -> ModelPackage:
     """(Re)write model.safetensors and config.json; other artifacts of an earlier export no
-    longer match new weights, so they are dropped from the record."""
+    longer match new weights, so they are dropped from the record. `backbone_recipe` (from
+    hub_backbone_recipe) goes into the architecture record."""
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / WEIGHTS_NAME, student)
     config = new_config(
-        name,
-        {**architecture(cfg, student), **(hub_backbone_recipe(cfg.backbone) or {})},
-        spec,
-        training,
+        name, {**architecture(cfg, student), **(backbone_recipe or {})}, spec, training
     )
     if metrics:
         config["metrics"] = metrics

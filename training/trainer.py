@@ -25,6 +25,7 @@ from stml_deploy.package import (
     WEIGHTS_NAME,
     ModelPackage,
 )
+from training.backbones import hub_backbone_recipe
 from training.config import TrainConfig
 from training.device import autocast_factory, resolve_amp, resolve_device
 from training.embedding import embed_source
@@ -188,6 +189,8 @@ class Trainer:
         _prepare_out(req)
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
+        # read once from the Hub cache timm just filled, not at every epoch's package write
+        self.backbone_recipe = hub_backbone_recipe(cfg.backbone)
         if req.init_from and not req.resume:
             from stml_deploy.hub import open_package
             from stml_deploy.package import WEIGHTS_NAME
@@ -359,7 +362,14 @@ class Trainer:
         if saved.history and "validation" in saved.history[-1]:
             metrics["validation"] = saved.history[-1]["validation"]
         return write_package(
-            self.req.out, student, self.cfg, self.spec, self.name, training, metrics
+            self.req.out,
+            student,
+            self.cfg,
+            self.spec,
+            self.name,
+            training,
+            metrics,
+            self.backbone_recipe,
         )
 
 
