@@ -17,7 +17,12 @@ from typing import Any
 
 from export.parity import compare
 from export.report import REJECTED, record
-from stml_deploy.atomic import atomic_write_bytes, atomic_write_json, sibling_path
+from stml_deploy.atomic import (
+    abandoned_siblings,
+    atomic_write_bytes,
+    atomic_write_json,
+    sibling_path,
+)
 from stml_deploy.console import info
 from stml_deploy.cuda_device import current_device
 from stml_deploy.engine_cache import (
@@ -141,16 +146,17 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     )
     engines = package.root / ENGINES_DIR
     engines.mkdir(exist_ok=True)
-    _sweep_abandoned_builds(engines)
+    for tmp in abandoned_siblings(engines, "*.engine"):  # hundreds of MB each on a Jetson
+        tmp.unlink(missing_ok=True)
     final = engines / engine_file_name(key)
     artifact = f"{ENGINES_DIR}/{final.name}"
-    runner = _cached_runner(final, key)
+    runner, problem = _cached_runner(final, key)
     candidate = final if runner is not None else sibling_path(final)
     build_seconds, kept = 0.0, runner is not None
     try:
         if runner is None:
             info(
-                f"building {final.name} ({_why_build(final, key, engines)}); this takes minutes on a Jetson"
+                f"building {final.name} ({_why_build(problem, final, key)}); this takes minutes on a Jetson"
             )
             started = time.perf_counter()
             timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
@@ -187,42 +193,29 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
     return entry
 
 
-def _sweep_abandoned_builds(engines: Path) -> None:
-    """Temporary engines of builds whose process is gone (killed, power cut): they can be
-    hundreds of MB on a Jetson."""
-    for tmp in engines.glob(".*.engine.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
-
-
-def _cached_runner(engine: Path, key: dict[str, Any]) -> TrtEngineRunner | None:
-    """A runner for the cached engine of this key, or None (with the reason said) to rebuild."""
+def _cached_runner(engine: Path, key: dict[str, Any]) -> tuple[TrtEngineRunner | None, str]:
+    """A runner for the cached engine of this key, or None and why it has to be built."""
     problem = cached_engine_problem(engine, key)
-    if problem is not None:
-        if engine.exists():
-            info(f"not reusing {engine.name}: {problem}")
-        return None
-    try:
-        runner = TrtEngineRunner(engine)
-    except EngineLoadError as exc:  # a CUDA error or a missing dependency is not a reason
-        info(f"not reusing {engine.name}: {exc}")
-        return None
-    info(f"reusing {engine}")
-    return runner
+    if problem is None:
+        try:
+            runner = TrtEngineRunner(engine)
+        except EngineLoadError as exc:  # a CUDA error or a missing dependency is not a reason
+            return None, str(exc)
+        info(f"reusing {engine}")
+        return runner, ""
+    return None, problem
 
 
-def _why_build(final: Path, key: dict[str, Any], engines: Path) -> str:
-    older = superseded_engines(engines, key)
-    if older:
-        return "; ".join(f"replaces {p.name}: built for another {', '.join(d)}" for p, d in older)
-    return (
-        "no engine built yet for this key" if not final.exists() else "the cached one is unusable"
-    )
+def _why_build(problem: str, final: Path, key: dict[str, Any]) -> str:
+    """The cached engine's problem and the engines the new one supersedes (for a new key the
+    superseded engines say it all)."""
+    reasons = [
+        f"replaces {old.name}: built for another {', '.join(differs)}"
+        for old, differs in superseded_engines(final.parent, key)
+    ]
+    if final.exists() or not reasons:
+        reasons.insert(0, problem)
+    return "; ".join(reasons)
 
 
 def _commit_engine(

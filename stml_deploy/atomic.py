@@ -20,6 +20,19 @@ def sibling_path(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def abandoned_siblings(folder: Path, pattern: str = "*") -> Iterator[Path]:
+    """Temporaries that sibling_path made for names matching `pattern` in `folder`, whose
+    creating process no longer exists (killed, power cut): safe to delete."""
+    for tmp in folder.glob(f".{pattern}.*-*-*"):
+        try:
+            pid = int(tmp.name.rsplit(".", 1)[1].split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            yield tmp
+        except (ValueError, IndexError, PermissionError):  # not ours, or another user's process
+            continue
+
+
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
