@@ -250,6 +250,16 @@ class GalleryIndex:
         return self._hnsw
 
     # --- search -------------------------------------------------------------------------
+    def check_model(self, weights_sha256: str, what: str) -> None:
+        """Refuse vectors of another model (`what` names where they come from): embeddings of
+        different models cannot be compared."""
+        if weights_sha256 != self.model_id:
+            raise StmlError(
+                f"{what} is not the model this index was built with ({self.meta['model'].get('name')}, "
+                f"weights {self.model_id[:12]}...; {what} has {weights_sha256[:12]}...): embeddings "
+                "of different models cannot be compared"
+            )
+
     def hits(self, found: SearchResult, query: int) -> list[dict[str, Any]]:
         """Query `query`'s results as {"rank", "path", "score", "label"} rows, best first."""
         return [
@@ -270,11 +280,7 @@ class GalleryIndex:
         """Embed `images` and search: one list of hits per readable image (unreadable ones are
         skipped with a warning). Refuses an embedder of another model, whose vectors would not
         be comparable with the index's."""
-        if embedder.model_id != self.model_id:
-            raise StmlError(
-                f"the embedder's model ({embedder.model_id[:12]}...) is not the one this index was "
-                f"built with ({self.model_id[:12]}..., {self.meta['model'].get('name')})"
-            )
+        self.check_model(embedder.model_id, "the embedder's package")
         result = embedder.embed_paths(list(images), show_progress=False)
         found = self.search(result.vectors, k)
         return [self.hits(found, q) for q in range(len(result.items))]

@@ -96,12 +96,7 @@ def _embedder_for(
         raise StmlError(
             f"{exc} (the model this index was built with; give --package to point at it)"
         ) from None
-    if package.weights_sha256 != index.model_id:
-        raise StmlError(
-            f"{ref} is not the model this index was built with ({index.meta['model']['name']}, weights "
-            f"{index.model_id[:12]}...; this package has {package.weights_sha256[:12]}...): embeddings of "
-            "different models cannot be compared"
-        )
+    index.check_model(package.weights_sha256, ref)
     return Embedder(
         package, backend, precision or index.meta["model"].get("precision", "fp32"), batch_size
     )

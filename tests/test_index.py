@@ -253,5 +253,5 @@ def test_python_api_searches_images_with_the_index_model(
             assert hits[0]["path"] == str(query.resolve()) and hits[0]["score"] > 0.999
             assert hits[0]["label"] == query.parent.name and hits[0]["rank"] == 1
         index.meta["model"]["weights_sha256"] = "0" * 64  # as if built with another model
-        with pytest.raises(StmlError, match="not the one this index was built with"):
+        with pytest.raises(StmlError, match="package is not the model this index was built with"):
             index.search_images(embedder, queries)
