@@ -332,6 +332,10 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 
 
 # --- export --------------------------------------------------------------------------------
+# option defaults, also used to tell which options the user gave for the other --format
+DEFAULT_INT8_TARGET, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB = "cpu", "1,8,32", 2.0
+
+
 @app.command()
 def export(
     package: Annotated[str, typer.Argument(help="Model package folder.")],
@@ -347,7 +351,7 @@ def export(
         typer.Option(
             help="int8 flavour: cpu (uint8 activations, fast on x86) | tensorrt (symmetric int8)."
         ),
-    ] = "cpu",
+    ] = DEFAULT_INT8_TARGET,
     calib: Annotated[
         str | None,
         typer.Option(
@@ -375,8 +379,10 @@ def export(
     keep_failed: Annotated[
         bool, typer.Option(help="Keep an artifact that failed parity, renamed *.failed.")
     ] = False,
-    batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = "1,8,32",
-    workspace: Annotated[float, typer.Option(help="trt: builder workspace limit in GiB.")] = 2.0,
+    batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = DEFAULT_TRT_BATCH,
+    workspace: Annotated[
+        float, typer.Option(help="trt: builder workspace limit in GiB.")
+    ] = DEFAULT_WORKSPACE_GIB,
 ) -> None:
     """Export a package to ONNX (fp32/fp16/int8) or build a TensorRT engine, with parity checks."""
     if package.startswith("hf://"):
@@ -384,9 +390,9 @@ def export(
             f"{package}: export writes into the package; pull it into a folder first (stml pull {package.removeprefix('hf://')} --out DIR)"
         )
     onnx_only = {"--calib": calib, "--parity-data": parity_data, "--data-root": data_root,
-                 "--int8-target": None if int8_target == "cpu" else int8_target}  # fmt: skip
-    trt_only = {"--batch": None if batch == "1,8,32" else batch,
-                "--workspace": None if workspace == 2.0 else workspace}  # fmt: skip
+                 "--int8-target": None if int8_target == DEFAULT_INT8_TARGET else int8_target}  # fmt: skip
+    trt_only = {"--batch": None if batch == DEFAULT_TRT_BATCH else batch,
+                "--workspace": None if workspace == DEFAULT_WORKSPACE_GIB else workspace}  # fmt: skip
     ignored = [o for o, v in (onnx_only if format == "trt" else trt_only).items() if v is not None]
     if ignored and format in ("onnx", "trt"):
         warn(
@@ -408,6 +414,7 @@ def export(
             raise StmlError("parity failed: " + "; ".join(outcome.failures))
         stdout.print(f"wrote {', '.join(outcome.written)} in {outcome.package.root}")
     elif format == "trt":
+        from export.report import REJECTED
         from export.tensorrt_build import EngineRequest, build_engine_with_parity
 
         entry = build_engine_with_parity(
@@ -417,7 +424,7 @@ def export(
         )
         _print_parity([entry])
         if not entry["passed"]:
-            engine = entry["artifact"].removesuffix(" (rejected)")
+            engine = entry["artifact"].removesuffix(REJECTED)
             raise StmlError(f"parity failed: {engine}: " + "; ".join(entry["failures"]))
     else:
         raise StmlError(f"unknown --format {format!r}; one of onnx, trt")
