@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from stml_deploy.console import info, stderr, stdout, warn
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import Interrupted, MissingDependencyError, StmlError
 
 
 class StmlApp(typer.Typer):
@@ -70,14 +70,31 @@ def _missing_module(exc: ModuleNotFoundError) -> str:
     )
 
 
+# exit codes, in one place: 2 for what this machine lacks, 130 for Ctrl-C, 1 for the rest
+_EXIT_CODES: tuple[tuple[type[StmlError], int], ...] = (
+    (MissingDependencyError, 2),  # BackendUnavailableError included
+    (Interrupted, 130),
+    (StmlError, 1),
+)
+INTERRUPTED = 130
+
+
+def exit_code_of(exc: StmlError) -> int:
+    return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
+
+
+def _error(message: str) -> None:
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="stml", standalone_mode=False)
+        returned = command.main(args=argv, prog_name="stml", standalone_mode=False)
     except StmlError as exc:
-        stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return exc.exit_code
+        _error(str(exc))
+        return exit_code_of(exc)
     except typer.Exit as exc:
         return exc.exit_code
     except _usage_errors() as exc:  # bad option values, unknown options, no arguments
@@ -86,19 +103,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        stderr.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        _error(f"{exc.format_message()}{hint}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        stderr.print("aborted", markup=False)
-        return 130
+        return _interrupted()
     except ModuleNotFoundError as exc:  # an extra that this install lacks (e.g. train on the edge)
-        stderr.print(f"error: {_missing_module(exc)}", markup=False, soft_wrap=True)
+        _error(_missing_module(exc))
         return 2
     except OSError as exc:  # files the user named: missing, a folder, no permission, disk full
         where = f": {exc.filename}" if exc.filename else ""
-        stderr.print(f"error: {exc.strerror or exc}{where}", markup=False, soft_wrap=True)
+        _error(f"{exc.strerror or exc}{where}")
         return 1
+    # click (standalone_mode=False) turns Ctrl-C into Abort and some releases hand its exit
+    # code back as the return value instead of raising: never drop it
+    if isinstance(returned, int) and returned != 0:
+        return _interrupted() if returned == INTERRUPTED else returned
     return 0
+
+
+def _interrupted() -> int:
+    _error("interrupted (Ctrl-C)")
+    return INTERRUPTED
 
 
 # --- shared options ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from stml_deploy.engine_cache import (
     engine_key,
     superseded_engines,
 )
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import EngineLoadError, StmlError
 from stml_deploy.package import (
     ENGINES_DIR,
     PRECISIONS,
@@ -40,7 +40,7 @@ from stml_deploy.package import (
     sha256_file,
 )
 from stml_deploy.parity_files import GOLDEN_NAME, load_golden
-from stml_deploy.trt_runtime import EngineLoadError, TrtEngineRunner, tensorrt
+from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from stml_deploy import onnx_runtime
-from stml_deploy.errors import MissingDependencyError, StmlError
+from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, StmlError
 from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, onnx_name
 
 BACKENDS = ("auto", "onnx", "onnx-cuda", "trt")
@@ -96,7 +96,7 @@ def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backen
         return Backend(
             "onnx-cuda", precision, f"onnxruntime {onnx_runtime.version()} {first}", runner
         )
-    raise MissingDependencyError("no ONNX Runtime GPU provider ran here: " + "; ".join(reasons))
+    raise BackendUnavailableError("no ONNX Runtime GPU provider ran here: " + "; ".join(reasons))
 
 
 def find_engine(package: ModelPackage, precision: str) -> tuple[str, Path] | None:

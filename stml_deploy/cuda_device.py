@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stml_deploy.errors import MissingDependencyError, StmlError
+from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, StmlError
 
 WHERE = (
     "run it on the device that will use the engine (a Jetson with JetPack 6, or a machine with "
@@ -59,14 +59,15 @@ def check(result: tuple[Any, ...]) -> Any:
 
 
 def current_device(index: int = 0) -> CudaDevice:
-    """The CUDA device `index`, or MissingDependencyError (exit 2) naming what is missing."""
+    """The CUDA device `index`, or a MissingDependencyError / BackendUnavailableError (exit 2)
+    naming what is missing."""
     rt = cudart()
     if rt is not None:
         err, count = rt.cudaGetDeviceCount()
         if err != rt.cudaError_t.cudaSuccess or count < 1:
-            raise MissingDependencyError(f"no CUDA device is available here; {WHERE}")
+            raise BackendUnavailableError(f"no CUDA device is available here; {WHERE}")
         if index >= count:
-            raise MissingDependencyError(f"CUDA device {index} does not exist ({count} found)")
+            raise BackendUnavailableError(f"CUDA device {index} does not exist ({count} found)")
         prop = check(rt.cudaGetDeviceProperties(index))
         name = (
             prop.name.decode(errors="replace").rstrip("\x00")
@@ -81,6 +82,6 @@ def current_device(index: int = 0) -> CudaDevice:
             f"neither cuda-python nor torch is installed, so no CUDA device can be used; {WHERE}"
         ) from None
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        raise MissingDependencyError(f"no CUDA device is available here; {WHERE}")
+        raise BackendUnavailableError(f"no CUDA device is available here; {WHERE}")
     major, minor = torch.cuda.get_device_capability(index)
     return CudaDevice(index, torch.cuda.get_device_name(index), major, minor)

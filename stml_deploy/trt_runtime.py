@@ -13,12 +13,7 @@ from typing import Any
 import numpy as np
 
 from stml_deploy.cuda_device import WHERE, check, cudart
-from stml_deploy.errors import MissingDependencyError, StmlError
-
-
-class EngineLoadError(StmlError):
-    """The engine file does not deserialize here (another GPU or TensorRT version, or damaged):
-    the build rebuilds it; any other error (CUDA, shapes) is not a reason to rebuild."""
+from stml_deploy.errors import EngineLoadError, MissingDependencyError, StmlError
 
 
 def tensorrt() -> Any:

@@ -1,4 +1,4 @@
-"""stml push / pull / hf:// against the loopback Hub server (tests/hub_server.py), driving the
+"""stml push / pull / hf:// against the loopback Hub server (tests/fakes/hub_server.py), driving the
 real huggingface_hub client in `stml` subprocesses (HF_ENDPOINT is read at import time)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from stml_deploy.hub_transfer import package_files
 from stml_deploy.package import ModelPackage
 from tests.conftest import ROOT, one_line_error, run_cli
-from tests.hub_server import Fault, HubServer
+from tests.fakes.hub_server import Fault, HubServer
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_test_token"

@@ -17,8 +17,7 @@ from textwrap import dedent
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import Fault, HubServer
+from tests.fakes.hub_server import Fault, HubServer
 
 TOKEN = "hf_test_token"
 MiB = 1024 * 1024

@@ -93,7 +93,7 @@ def test_engine_build_parity_and_cache(
 
 
 # --- the engine build, cache and runtime against a CPU imitation of TensorRT + cuda-python ---
-# (tests/fake_tensorrt.py: proves stml's orchestration, not TensorRT; see its docstring)
+# (tests/fakes/fake_tensorrt.py: proves stml's orchestration, not TensorRT; see its docstring)
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def _engines(package: Path) -> list[str]:
 def test_engine_is_gated_by_parity_cached_and_rebuilt_when_stale(
     trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main
 ) -> None:
-    from tests import fake_tensorrt
+    from tests.fakes import fake_tensorrt
 
     knobs = fake_tensorrt.install(monkeypatch)
     build = trt_export(trt_package, "fp32", "1,4,12")
@@ -168,7 +168,7 @@ def test_engine_failing_parity_is_never_kept_or_used(
 ) -> None:
     from stml_deploy.backends import find_engine
     from stml_deploy.package import ModelPackage
-    from tests import fake_tensorrt
+    from tests.fakes import fake_tensorrt
 
     knobs = fake_tensorrt.install(monkeypatch)
     build = trt_export(trt_package, "fp16")
@@ -218,7 +218,7 @@ def test_trt_backend_runs_the_engine_in_chunks_and_auto_prefers_it(
     trt_package: Path, digit_folder: Path, monkeypatch: pytest.MonkeyPatch, cli_main
 ) -> None:
     from stml_deploy import Embedder
-    from tests import fake_tensorrt
+    from tests.fakes import fake_tensorrt
 
     knobs = fake_tensorrt.install(monkeypatch)
     build = trt_export(trt_package, "fp32", "4,4,8")

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import BackendUnavailableError, StmlError
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -21,10 +21,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StmlError(
+        raise BackendUnavailableError(
             f"--device {name}: torch sees no CUDA device here (torch.cuda.is_available() is "
-            "False); use --device cpu or run on a machine with an NVIDIA GPU",
-            exit_code=2,
+            "False); use --device cpu or run on a machine with an NVIDIA GPU"
         )
     return torch.device(name)
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from stml_deploy.console import info, progress, stderr
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import Interrupted, StmlError
 from stml_deploy.package import (
     CONFIG_NAME,
     ENGINES_DIR,
@@ -267,10 +267,9 @@ class Trainer:
                         shown = f"loss {terms['total']:.4f} (rc {terms['rc_f']:.3f}/{terms['rc_g']:.3f} kl {terms['kl']:.4f})"
                         bar.update(task, advance=1, loss=shown)
             except KeyboardInterrupt:
-                raise StmlError(
+                raise Interrupted(
                     f"interrupted in epoch {epoch + 1}; {req.out} holds the last complete epoch "
-                    f"({epoch}); continue with the same command plus --resume",
-                    exit_code=130,
+                    f"({epoch}); continue with the same command plus --resume"
                 ) from None
             steps = len(sampler)
             entry: dict[str, Any] = {

@@ -10,7 +10,7 @@ pull requests, and download single files or snapshots.
         hub.storage.tamper("model", "user/repo", "model.safetensors")
         assert hub.count("POST", "/preupload/") == 1
 
-Manual use: python tests/hub_server.py --port 8080 --root /tmp/hub
+Manual use: python tests/fakes/hub_server.py --port 8080 --root /tmp/hub
 """
 
 from __future__ import annotations
