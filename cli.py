@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from stml_deploy.console import info, stderr, stdout, warn
-from stml_deploy.errors import Interrupted, MissingDependencyError, StmlError
+from stml_deploy.errors import Interrupted, MissingDependencyError, ParityError, StmlError
+
+if TYPE_CHECKING:
+    from stml_deploy.parity_files import ParityEntry
 
 
 class StmlApp(typer.Typer):
@@ -150,7 +154,46 @@ MaxImages = Annotated[
 
 
 # --- train ---------------------------------------------------------------------------------
+def _with_hyperparameters(command: Any) -> Any:
+    """Give `command` one --option per TrainConfig field, its help and shown default taken
+    from the field (training/config.py), so they are written once. Each defaults to None
+    ("not given"): recipes and --resume decide what an option left out means."""
+    import dataclasses
+    import inspect
+
+    from training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    for field in dataclasses.fields(TrainConfig):
+        if "help" not in field.metadata:
+            continue
+        kind = next(
+            t
+            for t in typing.get_args(hints[field.name]) or (hints[field.name],)
+            if t is not type(None)
+        )
+        flag = field.name.replace("_", "-")
+        shown = field.metadata["default_text"] or field.default
+        if kind is bool:
+            shown = flag if field.default else f"no-{flag}"
+            decls = (f"--{flag}/--no-{flag}",)
+        else:
+            decls = (f"--{flag}",)
+        option = typer.Option(*decls, help=f"{field.metadata['help']} [default: {shown}]")
+        params.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                annotation=Annotated[kind | None, option],
+            )
+        )  # fmt: skip
+    command.__signature__ = signature.replace(parameters=params)
+    return command
+
+
 @app.command()
+@_with_hyperparameters
 def train(
     data: Annotated[
         str,
@@ -164,66 +207,6 @@ def train(
     recipe: Annotated[
         str | None, typer.Option(help="The paper's settings: cub | cars | sop | sop-scratch.")
     ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(help="timm model name (hf-hub: names too) or googlenet. [default: resnet50]"),
-    ] = None,
-    pretrained: Annotated[
-        bool | None,
-        typer.Option(
-            "--pretrained/--no-pretrained",
-            help="Start from the backbone's pretrained weights (downloaded by timm/torchvision). [default: pretrained]",
-        ),
-    ] = None,
-    embedding_dim: Annotated[
-        int | None, typer.Option(help="Size of the final embedding f. [default: 512]")
-    ] = None,
-    aux_dim: Annotated[
-        int | None, typer.Option(help="Size of the auxiliary head g. [default: 1024]")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Network input side after the crop. [default: 224]")
-    ] = None,
-    resize: Annotated[
-        int | None,
-        typer.Option(
-            help="Shorter side before the center crop at eval. [default: image-size / 0.875]"
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="[default: 90]")] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Images per batch; each is seen in --views augmentations. [default: 120]"
-        ),
-    ] = None,
-    views: Annotated[
-        int | None, typer.Option(help="Augmented views per image. [default: 2]")
-    ] = None,
-    neighbours: Annotated[
-        int | None,
-        typer.Option(help="Images per query group in nearest-neighbour batches. [default: 5]"),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Backbone learning rate (AdamP). [default: 1e-4]")
-    ] = None,
-    head_lr: Annotated[
-        float | None, typer.Option(help="Learning rate of the f and g heads. [default: --lr]")
-    ] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[default: 1e-2]")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="cosine | constant. [default: cosine]")
-    ] = None,
-    sigma: Annotated[
-        float | None, typer.Option(help="Bandwidth of the pairwise similarity W_P. [default: 3]")
-    ] = None,
-    delta: Annotated[
-        float | None, typer.Option(help="Margin of the relaxed contrastive loss. [default: 1]")
-    ] = None,
-    momentum: Annotated[
-        float | None, typer.Option(help="EMA momentum of the teacher. [default: 0.999]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
     device: Device = "auto",
     amp: Annotated[
         str, typer.Option(help="Mixed precision on CUDA: auto | bf16 | fp16 | off.")
@@ -258,45 +241,21 @@ def train(
         int | None,
         typer.Option(help="Stop after N epochs of this invocation (continue later with --resume)."),
     ] = None,
+    **hyperparameters: Any,
 ) -> None:
     """Train an embedding model on unlabelled images with STML; writes a model package."""
-    from training.config import TrainConfig
-    from training.named_datasets import resolve_source
-    from training.state import resume_config
-    from training.trainer import TrainRequest
-    from training.trainer import train as run_training
+    from training.api import train as run_training
 
-    given = {
-        "backbone": backbone, "pretrained": pretrained, "embedding_dim": embedding_dim,
-        "aux_dim": aux_dim, "image_size": image_size, "resize": resize, "epochs": epochs,
-        "batch_size": batch_size, "views": views, "neighbours": neighbours, "lr": lr,
-        "head_lr": head_lr, "weight_decay": weight_decay, "schedule": schedule, "sigma": sigma,
-        "delta": delta, "momentum": momentum, "seed": seed,
-    }  # fmt: skip
-    if resume:
-        cfg: TrainConfig = resume_config(out, recipe, given)
-    elif init_from:
-        from stml_deploy.hub import open_package
-        from training.config import init_config
-        from training.package_io import train_config_of
-
-        cfg = init_config(recipe, given, train_config_of(open_package(init_from)).to_dict())
-    else:
-        from training.config import build_config
-
-        cfg = build_config(recipe, given)
-    if stop_after is not None and stop_after < 1:
-        raise StmlError("--stop-after must be at least 1")
-    source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
-    val_source = resolve_source(val, data_root, val_split) if val else None
-    request = TrainRequest(
-        cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
-        strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
-        overwrite=overwrite, init_from=init_from,
+    package = run_training(
+        data, out, recipe=recipe, data_root=data_root, split=split, val=val,
+        val_split=val_split, max_images=max_images, name=name, device=device, amp=amp,
+        workers=workers, strict=strict, resume=resume, overwrite=overwrite,
+        init_from=init_from, stop_after=stop_after, **hyperparameters,
     )  # fmt: skip
-    package = run_training(request)
-    done = package.config["training"]["epochs_done"]
-    stdout.print(f"wrote {package.root} ({done}/{cfg.epochs} epochs)")
+    training = package.config.training
+    done = training.epochs_done if training is not None else 0
+    total = training.hyperparameters.get("epochs", done) if training is not None else done
+    stdout.print(f"wrote {package.root} ({done}/{total} epochs)")
 
 
 # --- eval ----------------------------------------------------------------------------------
@@ -325,18 +284,19 @@ def evaluate(
     ] = False,
 ) -> None:
     """Recall@1/2/4/8, MAP@R, R-precision, P@1 and NMI of a package on labelled data."""
+    from stml_deploy.config import DataRecord
+    from stml_deploy.hub import is_hub_package
     from stml_deploy.package import ModelPackage
     from training.evaluation_run import evaluate_package
     from training.named_datasets import resolve_source
 
-    if record and package.startswith("hf://"):
+    if record and is_hub_package(package):
         raise StmlError(f"{package}: --record writes into the package; pull it into a folder first")
     source = resolve_source(data, data_root, split).limit(max_images, seed=0)
     metrics = evaluate_package(package, source, device, batch_size, workers, strict)
     if record:
         target = ModelPackage.load(package, verify=False)
-        target.config.setdefault("metrics", {})[split] = {"data": source.summary(), **metrics}
-        target.save()
+        target.record_metrics(split, metrics, DataRecord.from_json(source.summary()))
         info(f"recorded the metrics in {target.root / 'config.json'} under metrics.{split}")
     if as_json:
         print(json.dumps(metrics, allow_nan=False))
@@ -410,9 +370,12 @@ def export(
     ] = DEFAULT_WORKSPACE_GIB,
 ) -> None:
     """Export a package to ONNX (fp32/fp16/int8) or build a TensorRT engine, with parity checks."""
-    if package.startswith("hf://"):
+    from stml_deploy.hub import is_hub_package, split_ref
+
+    if is_hub_package(package):
+        hub = split_ref(package)
         raise StmlError(
-            f"{package}: export writes into the package; pull it into a folder first (stml pull {package.removeprefix('hf://')} --out DIR)"
+            f"{package}: export writes into the package; pull it into a folder first (stml pull {hub.repo_id}{'@' + hub.revision if hub.revision else ''} --out DIR)"
         )
     onnx_only = {"--calib": calib, "--parity-data": parity_data, "--data-root": data_root,
                  "--int8-target": None if int8_target == DEFAULT_INT8_TARGET else int8_target}  # fmt: skip
@@ -436,11 +399,11 @@ def export(
         outcome = export_package_onnx(request)
         _print_parity(outcome.entries)
         if outcome.failures:
-            raise StmlError("parity failed: " + "; ".join(outcome.failures))
+            raise ParityError(outcome.failures)
         stdout.print(f"wrote {', '.join(outcome.written)} in {outcome.package.root}")
     elif format == "trt":
-        from export.report import REJECTED
         from export.tensorrt_build import EngineRequest, build_engine_with_parity
+        from stml_deploy.parity_files import REJECTED
 
         entry = build_engine_with_parity(
             EngineRequest(
@@ -448,14 +411,14 @@ def export(
             )
         )
         _print_parity([entry])
-        if not entry["passed"]:
-            engine = entry["artifact"].removesuffix(REJECTED)
-            raise StmlError(f"parity failed: {engine}: " + "; ".join(entry["failures"]))
+        if not entry.passed:
+            engine = entry.artifact.removesuffix(REJECTED)
+            raise ParityError([f"{engine}: {f}" for f in entry.check.failures])
     else:
         raise StmlError(f"unknown --format {format!r}; one of onnx, trt")
 
 
-def _print_parity(entries: list[dict[str, Any]]) -> None:
+def _print_parity(entries: list[ParityEntry]) -> None:
     from rich import box
     from rich.table import Table
 
@@ -483,12 +446,12 @@ def _print_parity(entries: list[dict[str, Any]]) -> None:
             no_wrap=True,
         )
     for e in entries:
-        real, retrieval = e["tensor"]["real"], e["retrieval"]
+        real = e.check.real
         table.add_row(
-            e["artifact"].rsplit("/", 1)[-1], e["runtime"].replace("onnxruntime", "ORT"),
-            f"{real['max_abs_error']:.1e}", f"{real['cosine_min']:.5f}", f"{real['cosine_mean']:.5f}",
-            f"{retrieval['top10_overlap']:.3f}", recall_change_text(retrieval.get("recall_at_1_drop")),
-            "yes" if e["passed"] else "FAIL",
+            e.artifact.rsplit("/", 1)[-1], e.runtime.replace("onnxruntime", "ORT"),
+            f"{real['max_abs_error']:.1e}", f"{e.cosine_min:.5f}", f"{real['cosine_mean']:.5f}",
+            f"{e.top10_overlap:.3f}", recall_change_text(e.recall_at_1_drop),
+            "yes" if e.passed else "FAIL",
         )  # fmt: skip
     stdout.print(table)
 
@@ -907,12 +870,13 @@ def pull(
     from stml_deploy.hub import split_ref
     from stml_deploy.hub_transfer import download_package
 
-    repo_id, revision = split_ref(ref.removeprefix("hf://"))
+    hub = split_ref(ref)
+    repo_id = hub.repo_id
     target = out or Path(repo_id.split("/")[-1])
-    package = download_package(repo_id, revision, target, token=token)
-    hub = package.config["hub"]
+    package = download_package(repo_id, hub.revision, target, token=token)
+    commit = package.config.hub.commit if package.config.hub else "?"
     stdout.print(
-        f"{package.root}: {repo_id} at commit {hub['commit']} ({len(package.artifacts)} artifacts verified)"
+        f"{package.root}: {repo_id} at commit {commit} ({len(package.artifacts)} artifacts verified)"
     )
 
 
@@ -938,6 +902,7 @@ def demo(
     import torch
 
     from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
+    from stml_deploy.config import DataRecord
     from stml_deploy.retrieval import build_index, save_grid
     from stml_deploy.retrieval import search as run_search
     from training.demo import demo_config, demo_sources, pick_queries, write_gallery
@@ -975,9 +940,8 @@ def demo(
     after = evaluate_model(
         load_student(package), spec, test_source, device, 512, workers, "trained model"
     )
-    package.config["metrics"]["test"] = {"data": test_source.summary(), **after}
-    package.config["metrics"]["test_initial"] = before
-    package.save()
+    package.record_metrics("test_initial", before)
+    package.record_metrics("test", after, DataRecord.from_json(test_source.summary()))
 
     data_name = train_source.description["ref"]["data"]
     outcome = export_package_onnx(
@@ -987,7 +951,7 @@ def demo(
     )
     _print_parity(outcome.entries)
     if outcome.failures:
-        raise StmlError("parity failed: " + "; ".join(outcome.failures))
+        raise ParityError(outcome.failures)
 
     info(f"writing the held-out gallery as image files to {gallery_dir}")
     write_gallery(test_source, gallery_dir)

@@ -10,7 +10,6 @@ and each ONNX Runtime variant at batch 1 and 32 (median of interleaved runs, CPU
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -26,6 +25,7 @@ from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
 from export.report import cpu_name
 from stml_deploy import onnx_runtime
 from stml_deploy.package import ModelPackage
+from stml_deploy.parity_files import read_report
 from training.config import TrainConfig
 from training.named_datasets import resolve_source
 from training.package_io import build_student, load_student, write_package
@@ -66,14 +66,14 @@ def export_variants(package: Path, data: str, work: Path) -> dict[str, Path]:
 def parity_rows(work: Path) -> list[str]:
     rows = []
     for copy, label in (("cpu", ""), ("trt", " (tensorrt target)")):
-        for entry in json.loads((work / copy / "parity/report.json").read_text())["results"]:
-            if copy == "trt" and entry["precision"] != "int8":
+        for entry in read_report(ModelPackage.load(work / copy, verify=False)):
+            if copy == "trt" and entry.precision != "int8":
                 continue  # the trt copy only re-exports int8
-            t, r = entry["tensor"]["real"], entry["retrieval"]
+            t, r = entry.check.real, entry.check.retrieval
             rows.append(
-                f"| {entry['artifact']}{label} | {t['max_abs_error']:.2e} | {t['cosine_min']:.6f} | {t['cosine_mean']:.6f} "
+                f"| {entry.artifact}{label} | {t['max_abs_error']:.2e} | {t['cosine_min']:.6f} | {t['cosine_mean']:.6f} "
                 f"| {r['top10_overlap']:.4f} | {100 * r['recall_at_1_reference']:.1f} | {100 * r['recall_at_1']:.1f} "
-                f"| {100 * (r['recall_at_1'] - r['recall_at_1_reference']):+.1f} | {'pass' if entry['passed'] else 'FAIL'} |"
+                f"| {100 * (r['recall_at_1'] - r['recall_at_1_reference']):+.1f} | {'pass' if entry.passed else 'FAIL'} |"
             )
     return rows
 

@@ -49,13 +49,13 @@ def onnx_metadata(
     package: ModelPackage, precision: str, extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
     meta = {
-        "stml.format_version": str(package.config["format_version"]),
+        "stml.format_version": str(package.config.format_version),
         "stml.model_name": package.name,
         "stml.weights_sha256": package.weights_sha256,
         "stml.precision": precision,
         "stml.embedding_dim": str(package.embedding_dim),
         "stml.distance": "cosine",
-        "stml.preprocessing": json.dumps(package.config["preprocessing"], sort_keys=True),
+        "stml.preprocessing": json.dumps(package.preprocessing.to_dict(), sort_keys=True),
     }
     meta.update({f"stml.{k}": str(v) for k, v in (extra or {}).items()})
     return meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from export.golden import ImageSet, golden_inputs, preprocess_source, save_golde
 from export.onnx_export import DEFAULT_OPSET, check_export_options, export_onnx, onnx_metadata
 from export.parity import compare
 from export.quantize import INT8_TARGETS, quantize_int8
-from export.report import REJECTED, cpu_name, record
+from export.report import ExportResult, cpu_name, parity_entry, record
 from stml_deploy import onnx_runtime
 from stml_deploy.atomic import sibling_path
 from stml_deploy.console import info, warn
@@ -28,7 +28,7 @@ from stml_deploy.package import (
     ModelPackage,
     onnx_name,
 )
-from stml_deploy.parity_files import GOLDEN_NAME
+from stml_deploy.parity_files import GOLDEN_NAME, ParityEntry
 from training.model import EmbeddingNet
 from training.named_datasets import resolve_ref, resolve_source
 from training.package_io import load_student
@@ -53,11 +53,15 @@ class OnnxExportRequest:
 
 
 @dataclass
-class ExportOutcome:
-    package: ModelPackage
-    entries: list[dict[str, Any]]
-    written: list[str]
-    failures: list[str]
+class _References:
+    """What every variant is checked against: torch fp32 embeddings of the same inputs."""
+
+    parity_name: str
+    parity: ImageSet
+    parity_embedding: np.ndarray
+    golden_pixels: np.ndarray
+    golden_kind: np.ndarray
+    golden_embedding: np.ndarray
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -77,13 +81,14 @@ def _data_source(
     dataset its `split` (parity: the held-out test classes), for a folder the folder."""
     if arg is not None:
         return resolve_source(arg, data_root, split)
-    ref = package.config.get("training", {}).get("data", {}).get("ref")
-    if not ref:
+    training = package.config.training
+    ref = training.data.ref if training is not None and training.data is not None else None
+    if ref is None:
         raise StmlError(
             f"--{option} DATA is needed: the package records no training data to default to"
         )
     try:
-        return resolve_ref({**ref, "split": split})
+        return resolve_ref(replace(ref, split=split))
     except StmlError as exc:
         raise StmlError(f"{exc}; give --{option} DATA") from None
 
@@ -130,101 +135,114 @@ class OnnxExporter:
             else:
                 package.verify(only=[rel])
 
-    def run(self) -> ExportOutcome:
+    def run(self) -> ExportResult:
         req, package = self.req, self.package
         calibration = None
         if "int8" in req.precisions:  # fail on missing calibration data before any work
             calibration = self._calibration_images()
-        info("parity images: preprocessing and torch fp32 reference")
-        parity_source = _data_source(req.parity_data, req.data_root, package, "test", "parity-data")
-        parity_source = _without(parity_source, calibration)
-        parity = preprocess_source(
-            parity_source, self.spec, req.parity_size, seed=1, what="parity images"
-        )
-        if len(parity.pixels) < 2:
-            raise StmlError(f"{parity_source.root}: parity checks need at least 2 readable images")
-        parity_ref = _torch_embed(self.net, parity.pixels)
-        golden_pixels, golden_kind = golden_inputs(
-            parity.pixels, req.golden_real, req.golden_random
-        )
-        golden_ref = _torch_embed(self.net, golden_pixels)
-        (package.root / ONNX_DIR).mkdir(exist_ok=True)
-        save_golden(
-            package.path(GOLDEN_NAME),
-            golden_pixels,
-            golden_kind,
-            golden_ref,
-            package.weights_sha256,
-        )
-        package.record_artifact(
-            GOLDEN_NAME,
-            kind="golden",
-            real=int((golden_kind == 0).sum()),
-            random=int((golden_kind == 1).sum()),
-        )
-
-        entries, written, failures = [], [], []
+        references = self._references(calibration)
+        self._write_golden(references)
+        outcome = ExportResult(package, [], [], [])
         fp32_source = (
             package.onnx_path("fp32")
             if onnx_name("fp32") in package.artifacts and "fp32" not in req.precisions
             else None
         )
         for precision in req.precisions:
-            final = package.path(onnx_name(precision))
-            tmp = sibling_path(final)
-            try:
-                info(f"{onnx_name(precision)}: exporting")
-                extra = self._build(
-                    precision,
-                    tmp,
-                    fp32_source,
-                    calibration.pixels if calibration is not None and precision == "int8" else None,
+            pixels = calibration.pixels if calibration is not None and precision == "int8" else None
+            entry = self._export_variant(precision, fp32_source, pixels, references)
+            outcome.entries.append(entry)
+            if entry.passed:
+                outcome.written.append(onnx_name(precision))
+                if precision == "fp32":
+                    fp32_source = package.onnx_path("fp32")
+            else:
+                outcome.failures += [f"{onnx_name(precision)}: {f}" for f in entry.check.failures]
+        record(package, outcome.entries)
+        return outcome
+
+    def _references(self, calibration: ImageSet | None) -> _References:
+        """Parity images (not the calibration images) and golden inputs with their torch fp32
+        embeddings."""
+        req = self.req
+        info("parity images: preprocessing and torch fp32 reference")
+        source = _data_source(req.parity_data, req.data_root, self.package, "test", "parity-data")
+        source = _without(source, calibration)
+        parity = preprocess_source(source, self.spec, req.parity_size, seed=1, what="parity images")
+        if len(parity.pixels) < 2:
+            raise StmlError(f"{source.root}: parity checks need at least 2 readable images")
+        golden_pixels, golden_kind = golden_inputs(
+            parity.pixels, req.golden_real, req.golden_random
+        )
+        return _References(
+            source.name,
+            parity,
+            _torch_embed(self.net, parity.pixels),
+            golden_pixels,
+            golden_kind,
+            _torch_embed(self.net, golden_pixels),
+        )
+
+    def _write_golden(self, ref: _References) -> None:
+        package = self.package
+        (package.root / ONNX_DIR).mkdir(exist_ok=True)
+        save_golden(
+            package.path(GOLDEN_NAME),
+            ref.golden_pixels,
+            ref.golden_kind,
+            ref.golden_embedding,
+            package.weights_sha256,
+        )
+        package.record_artifact(
+            GOLDEN_NAME,
+            kind="golden",
+            real=int((ref.golden_kind == 0).sum()),
+            random=int((ref.golden_kind == 1).sum()),
+        )
+
+    def _export_variant(
+        self,
+        precision: str,
+        fp32_source: Path | None,
+        calibration: np.ndarray | None,
+        ref: _References,
+    ) -> ParityEntry:
+        """Export one variant under a temporary name, check it on ONNX Runtime's CPU provider,
+        and give it its final name only if it passed (an earlier artifact of this precision
+        otherwise stays as it was)."""
+        package, rel = self.package, onnx_name(precision)
+        final = package.path(rel)
+        tmp = sibling_path(final)
+        try:
+            info(f"{rel}: exporting")
+            details = self._build(precision, tmp, fp32_source, calibration)
+            session = onnx_runtime.create_session(tmp)
+            info(f"{rel}: parity on ONNX Runtime CPU")
+            check = compare(
+                precision,
+                onnx_runtime.run_batches(session, ref.golden_pixels),
+                ref.golden_embedding,
+                ref.golden_kind,
+                onnx_runtime.run_batches(session, ref.parity.pixels),
+                ref.parity_embedding,
+                ref.parity.labels,
+            )
+            sha256 = None
+            if check.passed:
+                os.replace(tmp, final)
+                package.record_artifact(
+                    rel, kind="onnx", precision=precision, opset=self.req.opset, **details
                 )
-                session = onnx_runtime.create_session(tmp)
-                info(f"{onnx_name(precision)}: parity on ONNX Runtime CPU")
-                result = compare(
-                    precision,
-                    onnx_runtime.run_batches(session, golden_pixels),
-                    golden_ref,
-                    golden_kind,
-                    onnx_runtime.run_batches(session, parity.pixels),
-                    parity_ref,
-                    parity.labels,
-                )
-                entry = {
-                    "artifact": onnx_name(precision),
-                    "precision": precision,
-                    "runtime": f"onnxruntime {onnx_runtime.version()}",
-                    "provider": onnx_runtime.CPU,
-                    "device": f"cpu: {cpu_name()}",
-                    "reference": "torch fp32 (model.safetensors)",
-                    "parity_data": parity_source.name,
-                    **{k: v for k, v in extra.items() if k == "int8_target"},
-                    **result,
-                }
-                if result["passed"]:
-                    os.replace(tmp, final)
-                    package.record_artifact(
-                        onnx_name(precision),
-                        kind="onnx",
-                        precision=precision,
-                        opset=req.opset,
-                        **extra,
-                    )
-                    entry["sha256"] = package.artifacts[onnx_name(precision)]["sha256"]
-                    written.append(onnx_name(precision))
-                    if precision == "fp32":
-                        fp32_source = final
-                else:  # an earlier artifact of this precision, if any, stays as it was
-                    entry["artifact"] = onnx_name(precision) + REJECTED
-                    if req.keep_failed:
-                        os.replace(tmp, final.with_name(final.name + ".failed"))
-                    failures += [f"{onnx_name(precision)}: {f}" for f in result["failures"]]
-                entries.append(entry)
-            finally:
-                tmp.unlink(missing_ok=True)
-        record(package, entries)
-        return ExportOutcome(package, entries, written, failures)
+                sha256 = package.artifacts[rel].sha256
+            elif self.req.keep_failed:
+                os.replace(tmp, final.with_name(final.name + ".failed"))
+            return parity_entry(
+                check, rel, precision, f"onnxruntime {onnx_runtime.version()}",
+                onnx_runtime.CPU, f"cpu: {cpu_name()}", "torch fp32 (model.safetensors)",
+                ref.parity_name, details.get("int8_target"), sha256,
+            )  # fmt: skip
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _build(
         self, precision: str, tmp: Path, fp32_source: Path | None, calibration: np.ndarray | None
@@ -314,5 +332,5 @@ def _without(source: ImageSource, calibration: ImageSet | None) -> ImageSource:
     return source.subset(keep)
 
 
-def export_package_onnx(req: OnnxExportRequest) -> ExportOutcome:
+def export_package_onnx(req: OnnxExportRequest) -> ExportResult:
     return OnnxExporter(req).run()

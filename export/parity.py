@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.tolerances import CHECK_RANDOM, applied, violations
+from stml_deploy.parity_files import ParityCheck
 from stml_deploy.parity_metrics import hits_at_1, tensor_metrics, topk_overlap
 
 
@@ -17,17 +18,17 @@ def compare(
     parity_out: np.ndarray | None = None,
     parity_ref: np.ndarray | None = None,
     labels: np.ndarray | None = None,
-) -> dict[str, object]:
+) -> ParityCheck:
     """Tensor metrics on the golden set (real / random separately) and retrieval metrics on
     the parity images; `failures` lists every tolerance broken."""
     real, rand = golden_kind == 0, golden_kind == 1
-    tensor = {"real": tensor_metrics(golden_out[real], golden_ref[real])}
-    failures = violations(precision, tensor["real"], "golden real images:")
+    on_real = tensor_metrics(golden_out[real], golden_ref[real])
+    failures = violations(precision, on_real, "golden real images:")
+    on_random = None
     if rand.any():
-        tensor["random"] = tensor_metrics(golden_out[rand], golden_ref[rand])
+        on_random = tensor_metrics(golden_out[rand], golden_ref[rand])
         if CHECK_RANDOM[precision]:
-            failures += violations(precision, tensor["random"], "golden random inputs:")
-    result: dict[str, object] = {"tensor": tensor}
+            failures += violations(precision, on_random, "golden random inputs:")
     if parity_out is None:  # on the device: retrieval level within the golden real images
         parity_out, parity_ref = golden_out[real], golden_ref[real]
     retrieval: dict[str, float] = {
@@ -45,9 +46,5 @@ def compare(
                 "recall_at_1_flips": int((hits != hits_ref).sum()),
             }
         )
-    result["retrieval"] = retrieval
-    result["tolerances"] = applied(precision, retrieval)
     failures += violations(precision, retrieval, "retrieval:")
-    result["failures"] = failures
-    result["passed"] = not failures
-    return result
+    return ParityCheck(on_real, retrieval, applied(precision, retrieval), failures, on_random)

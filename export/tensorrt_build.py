@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import compare
-from export.report import REJECTED, record
+from export.report import parity_entry, record
 from stml_deploy.atomic import (
     abandoned_siblings,
     atomic_write_bytes,
@@ -24,8 +24,10 @@ from stml_deploy.atomic import (
     sibling_path,
 )
 from stml_deploy.console import info
-from stml_deploy.cuda_device import current_device
+from stml_deploy.cuda_device import CudaDevice, current_device
 from stml_deploy.engine_cache import (
+    CacheMiss,
+    Stale,
     cached_engine_problem,
     engine_file_name,
     engine_key,
@@ -34,12 +36,12 @@ from stml_deploy.engine_cache import (
 from stml_deploy.errors import EngineLoadError, StmlError
 from stml_deploy.package import (
     ENGINES_DIR,
-    PRECISIONS,
     ModelPackage,
+    check_precision,
     onnx_name,
     sha256_file,
 )
-from stml_deploy.parity_files import GOLDEN_NAME, load_golden
+from stml_deploy.parity_files import GOLDEN_NAME, ParityEntry, load_golden
 from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
 
 
@@ -66,13 +68,10 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def _onnx_for(package: ModelPackage, precision: str) -> Path:
-    if precision not in PRECISIONS:
-        raise StmlError(
-            f"unknown precision {precision!r} for --format trt; one of {', '.join(PRECISIONS)}"
-        )
+    check_precision(precision, "precision for --format trt")
     path = package.onnx_path(precision)
     meta = package.artifacts[onnx_name(precision)]
-    if precision == "int8" and meta.get("int8_target") != "tensorrt":
+    if precision == "int8" and meta.int8_target != "tensorrt":
         raise StmlError(
             f"{path} was quantized for the CPU (uint8 activations), which TensorRT cannot parse; "
             "re-export with: stml export PACKAGE --format onnx --precision int8 --int8-target tensorrt"
@@ -119,11 +118,27 @@ def build_engine(
     atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
 
 
-def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
-    """Reuse the cached engine for this key, or build one under a temporary name; check it
-    against the golden set; only an engine that passed takes its final name and sidecar (a
-    failed one is deleted, or kept as *.engine.failed with --keep-failed). The result goes to
-    parity/report.json either way."""
+@dataclass
+class _Target:
+    """What one engine build is for: the package, its ONNX variant and golden set, and the
+    cache key on this device."""
+
+    package: ModelPackage
+    onnx_path: Path
+    golden: dict[str, Any]
+    trt_version: str
+    device: CudaDevice
+    profile: tuple[int, int, int]
+    key: dict[str, Any]
+
+    @property
+    def final(self) -> Path:
+        return self.package.root / ENGINES_DIR / engine_file_name(self.key)
+
+
+def _target(req: EngineRequest) -> _Target:
+    """Every input checked before TensorRT is touched: profile, workspace, the ONNX variant
+    and the golden set of these weights; then TensorRT and the GPU (exit 2 when missing)."""
     profile = parse_batch_profile(req.batch)
     if req.workspace_gib <= 0:
         raise StmlError("--workspace must be positive (GiB)")
@@ -137,76 +152,81 @@ def build_engine_with_parity(req: EngineRequest) -> dict[str, Any]:
         )
     trt = tensorrt()  # missing TensorRT or GPU: exit 2 with where to run instead
     device = current_device()
-    key = engine_key(
-        package.artifacts[onnx_name(req.precision)]["sha256"],
-        device,
-        trt.__version__,
-        req.precision,
-        profile,
-    )
-    engines = package.root / ENGINES_DIR
-    engines.mkdir(exist_ok=True)
-    for tmp in abandoned_siblings(engines, "*.engine"):  # hundreds of MB each on a Jetson
+    onnx_sha = package.artifacts[onnx_name(req.precision)].sha256
+    key = engine_key(onnx_sha, device, trt.__version__, req.precision, profile)
+    return _Target(package, onnx_path, golden, trt.__version__, device, profile, key)
+
+
+def build_engine_with_parity(req: EngineRequest) -> ParityEntry:
+    """Reuse the cached engine for this key, or build one under a temporary name; check it
+    against the golden set; only an engine that passed takes its final name and sidecar (a
+    failed one is deleted, or kept as *.engine.failed with --keep-failed). The result goes to
+    parity/report.json either way."""
+    target = _target(req)
+    final = target.final
+    final.parent.mkdir(exist_ok=True)
+    for tmp in abandoned_siblings(final.parent, "*.engine"):  # hundreds of MB each on a Jetson
         tmp.unlink(missing_ok=True)
-    final = engines / engine_file_name(key)
-    artifact = f"{ENGINES_DIR}/{final.name}"
-    runner, problem = _cached_runner(final, key)
-    candidate = final if runner is not None else sibling_path(final)
-    build_seconds, kept = 0.0, runner is not None
+    cached = _cached_runner(final, target.key)
+    candidate = final if isinstance(cached, TrtEngineRunner) else sibling_path(final)
     try:
-        if runner is None:
-            info(
-                f"building {final.name} ({_why_build(problem, final, key)}); this takes minutes on a Jetson"
-            )
-            started = time.perf_counter()
-            timing_cache = engines / f"timing-{device.sm}-trt{trt.__version__}.cache"
-            build_engine(
-                onnx_path, candidate, timing_cache, req.precision, profile, req.workspace_gib
-            )
-            runner = TrtEngineRunner(candidate)
-            build_seconds = time.perf_counter() - started
+        if isinstance(cached, TrtEngineRunner):
+            runner, build_seconds = cached, 0.0
+        else:
+            runner, build_seconds = _build(target, req, candidate, cached)
         try:
-            out = runner.run(golden["pixels"])
+            out = runner.run(target.golden["pixels"])
         finally:
             runner.close()
-        result = compare(req.precision, out, golden["embedding"], golden["kind"])
-        if result["passed"] and candidate != final:
-            _commit_engine(candidate, final, key, req, device.name, build_seconds)
-        elif not result["passed"]:
+        check = compare(req.precision, out, target.golden["embedding"], target.golden["kind"])
+        if check.passed and candidate != final:
+            _commit_engine(candidate, final, target.key, req, target.device.name, build_seconds)
+        elif not check.passed:
             _discard_engine(candidate, final, req.keep_failed)
-        kept = True  # committed, discarded, or the cached engine itself: nothing to clean up
-    finally:
-        if not kept:  # a build, run or check that did not finish leaves no temporary engine
+    finally:  # a build, run or check that did not finish leaves no temporary engine
+        if candidate != final:
             candidate.unlink(missing_ok=True)
-    entry = {
-        "artifact": artifact if result["passed"] else artifact + REJECTED,
-        "precision": req.precision,
-        "runtime": f"tensorrt {trt.__version__}",
-        "provider": "TensorRT",
-        "device": f"{device.name} ({device.sm})",
-        "reference": "torch fp32 (golden set)",
-        "parity_data": "golden set (real images)",
-        **result,
-    }
+    artifact = f"{ENGINES_DIR}/{final.name}"
+    entry = parity_entry(
+        check, artifact, req.precision, f"tensorrt {target.trt_version}", "TensorRT",
+        f"{target.device.name} ({target.device.sm})", "torch fp32 (golden set)",
+        "golden set (real images)",
+    )  # fmt: skip
     # a cached engine that failed is deleted: its earlier pass no longer describes a file
-    record(package, [entry], forget=() if result["passed"] or candidate != final else (artifact,))
+    forget = () if check.passed or candidate != final else (artifact,)
+    record(target.package, [entry], forget=forget)
     return entry
 
 
-def _cached_runner(engine: Path, key: dict[str, Any]) -> tuple[TrtEngineRunner | None, str]:
-    """A runner for the cached engine of this key, or None and why it has to be built."""
+def _build(
+    target: _Target, req: EngineRequest, candidate: Path, miss: CacheMiss
+) -> tuple[TrtEngineRunner, float]:
+    final = target.final
+    info(
+        f"building {final.name} ({_why_build(miss, final, target.key)}); this takes minutes on a Jetson"
+    )
+    started = time.perf_counter()
+    timing_cache = final.parent / f"timing-{target.device.sm}-trt{target.trt_version}.cache"
+    build_engine(
+        target.onnx_path, candidate, timing_cache, req.precision, target.profile, req.workspace_gib
+    )
+    return TrtEngineRunner(candidate), time.perf_counter() - started
+
+
+def _cached_runner(engine: Path, key: dict[str, Any]) -> TrtEngineRunner | CacheMiss:
+    """A runner for the cached engine of this key, or why it has to be built."""
     problem = cached_engine_problem(engine, key)
-    if problem is None:
-        try:
-            runner = TrtEngineRunner(engine)
-        except EngineLoadError as exc:  # a CUDA error or a missing dependency is not a reason
-            return None, str(exc)
-        info(f"reusing {engine}")
-        return runner, ""
-    return None, problem
+    if problem is not None:
+        return problem
+    try:
+        runner = TrtEngineRunner(engine)
+    except EngineLoadError as exc:  # a CUDA error or a missing dependency is not a reason
+        return CacheMiss(Stale.NOT_LOADABLE, str(exc))
+    info(f"reusing {engine}")
+    return runner
 
 
-def _why_build(problem: str, final: Path, key: dict[str, Any]) -> str:
+def _why_build(problem: CacheMiss, final: Path, key: dict[str, Any]) -> str:
     """The cached engine's problem and the engines the new one supersedes (for a new key the
     superseded engines say it all)."""
     reasons = [
@@ -214,7 +234,7 @@ def _why_build(problem: str, final: Path, key: dict[str, Any]) -> str:
         for old, differs in superseded_engines(final.parent, key)
     ]
     if final.exists() or not reasons:
-        reasons.insert(0, problem)
+        reasons.insert(0, str(problem))
     return "; ".join(reasons)
 
 

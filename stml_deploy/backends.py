@@ -63,7 +63,7 @@ def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backen
         package.root
         / ENGINES_DIR
         / "ort-tensorrt"
-        / package.artifacts[onnx_name(precision)]["sha256"][:12]
+        / package.artifacts[onnx_name(precision)].sha256[:12]
     )
     if onnx_runtime.TENSORRT in available:
         options = {
@@ -109,7 +109,7 @@ def find_engine(package: ModelPackage, precision: str) -> tuple[str, Path] | Non
 
     trt, device = tensorrt(), current_device()  # a missing TensorRT or GPU is said first
     onnx_sha = {
-        p: package.artifacts[onnx_name(p)]["sha256"]
+        p: package.artifacts[onnx_name(p)].sha256
         for p in PRECISIONS
         if onnx_name(p) in package.artifacts
     }

@@ -18,24 +18,28 @@ def _size(path: Path) -> int:
 
 def describe_package(package: ModelPackage) -> dict[str, Any]:
     config = package.config
-    training = config.get("training", {})
+    training = config.training
     artifacts = {
         rel: {
-            "bytes": meta.get("bytes"),
-            "sha256": meta.get("sha256"),
-            **{k: meta[k] for k in ("precision", "int8_target", "opset") if k in meta},
+            "bytes": meta.bytes,
+            "sha256": meta.sha256,
+            **{
+                k: meta.details[k]
+                for k in ("precision", "int8_target", "opset")
+                if k in meta.details
+            },
         }
         for rel, meta in package.artifacts.items()
     }
     parity = [
         {
-            "artifact": e["artifact"],
-            "runtime": e["runtime"],
-            "device": e["device"],
-            "passed": e["passed"],
-            "cosine_min": e["tensor"]["real"]["cosine_min"],
-            "top10_overlap": e["retrieval"]["top10_overlap"],
-            "recall_at_1_drop": e["retrieval"].get("recall_at_1_drop"),
+            "artifact": e.artifact,
+            "runtime": e.runtime,
+            "device": e.device,
+            "passed": e.passed,
+            "cosine_min": e.cosine_min,
+            "top10_overlap": e.top10_overlap,
+            "recall_at_1_drop": e.recall_at_1_drop,
         }
         for e in read_report(package)
     ]
@@ -48,18 +52,21 @@ def describe_package(package: ModelPackage) -> dict[str, Any]:
         "kind": "model package",
         "path": str(package.root),
         "name": package.name,
-        "architecture": config.get("architecture"),
-        "preprocessing": config.get("preprocessing"),
+        "architecture": config.architecture.to_json(),
+        "preprocessing": config.preprocessing.to_dict(),
         "training": {
-            k: training.get(k)
-            for k in ("method", "epochs_done", "complete", "data")
-            if k in training
-        },
-        "metrics": config.get("metrics", {}),
+            "method": training.method,
+            "epochs_done": training.epochs_done,
+            "complete": training.complete,
+            "data": training.data.to_json() if training.data is not None else None,
+        }
+        if training is not None
+        else {},
+        "metrics": {split: m.to_json() for split, m in config.metrics.items()},
         "artifacts": artifacts,
         "parity": parity,
         "engines": engines,
-        "hub": config.get("hub"),
+        "hub": config.hub.to_json() if config.hub is not None else None,
         "total_bytes": _size(package.root),
     }
 
@@ -84,8 +91,8 @@ def describe_index(index: GalleryIndex) -> dict[str, Any]:
 
 def describe(path: str) -> dict[str, Any]:
     """Package or index, told apart by their marker files; hf:// names are packages."""
-    from stml_deploy.hub import open_package
+    from stml_deploy.hub import is_hub_package, open_package
 
-    if not path.startswith("hf://") and (Path(path) / META_NAME).is_file():
+    if not is_hub_package(path) and (Path(path) / META_NAME).is_file():
         return describe_index(GalleryIndex.load(path))
     return describe_package(open_package(path, verify=True))

@@ -6,8 +6,10 @@ rebuild) and by the runtime (which engine runs here)."""
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +49,46 @@ def _sidecar(engine: Path) -> dict[str, Any] | None:
         return None
 
 
-def cached_engine_problem(engine: Path, key: dict[str, Any]) -> str | None:
+class Stale(enum.Enum):
+    """Why a cached engine cannot be reused (the value is the text shown to the user)."""
+
+    NOT_BUILT = "no engine built yet for this key"
+    NO_SIDECAR = "the engine has no metadata sidecar"
+    BAD_SIDECAR = "its sidecar is not valid JSON"
+    OTHER_KEY = "it was built for a different"
+    CHANGED = "the engine file does not match its sidecar (damaged or replaced)"
+    NOT_PASSED = "its sidecar does not record a passed parity check"
+    NOT_LOADABLE = "TensorRT cannot load it here"
+
+
+@dataclass(frozen=True)
+class CacheMiss:
+    reason: Stale
+    detail: str = ""  # which key fields differ, or TensorRT's own message
+
+    def __str__(self) -> str:
+        if self.reason is Stale.OTHER_KEY:
+            return f"{self.reason.value} {self.detail}"
+        return f"{self.reason.value} ({self.detail})" if self.detail else self.reason.value
+
+
+def cached_engine_problem(engine: Path, key: dict[str, Any]) -> CacheMiss | None:
     """Why the cached engine cannot be reused (None: its sidecar matches the key and the
     engine file is the one the sidecar describes). Deserialization is checked by the caller."""
     if not engine.is_file():
-        return "no engine built yet for this key"
+        return CacheMiss(Stale.NOT_BUILT)
     if not engine.with_suffix(".json").is_file():
-        return "the engine has no metadata sidecar"
+        return CacheMiss(Stale.NO_SIDECAR)
     meta = _sidecar(engine)
     if meta is None:
-        return "its sidecar is not valid JSON"
+        return CacheMiss(Stale.BAD_SIDECAR)
     differs = [k for k, v in key.items() if meta.get("key", {}).get(k) != v]
     if differs:
-        return f"it was built for a different {', '.join(differs)}"
+        return CacheMiss(Stale.OTHER_KEY, ", ".join(differs))
     if meta.get("engine_sha256") != sha256_file(engine):
-        return "the engine file does not match its sidecar (damaged or replaced)"
+        return CacheMiss(Stale.CHANGED)
     if meta.get("parity_passed") is not True:
-        return "its sidecar does not record a passed parity check"
+        return CacheMiss(Stale.NOT_PASSED)
     return None
 
 

@@ -7,8 +7,6 @@ serves HF_HUB_OFFLINE=1."""
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import os
 import shutil
@@ -20,8 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stml_deploy.atomic import atomic_directory
+from stml_deploy.config import HubOrigin
 from stml_deploy.console import info, warn
-from stml_deploy.errors import ArtifactMismatchError, MissingDependencyError, StmlError
+from stml_deploy.errors import ArtifactMismatchError, HubError, MissingDependencyError, StmlError
 from stml_deploy.model_card import GENERATED_MARKER, render_card
 from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ModelPackage
 from stml_deploy.parity_files import REPORT_NAME
@@ -61,9 +60,9 @@ def check_repo_id(repo_id: str) -> None:
     try:
         hub.utils.validate_repo_id(repo_id)
     except hub.errors.HFValidationError as exc:
-        raise StmlError(f"invalid repo id {repo_id!r}: {exc}") from None
+        raise HubError(f"invalid repo id {repo_id!r}: {exc}") from None
     if repo_id.count("/") != 1:
-        raise StmlError(f"invalid repo id {repo_id!r}: expected ORG/NAME")
+        raise HubError(f"invalid repo id {repo_id!r}: expected ORG/NAME")
 
 
 @contextlib.contextmanager
@@ -79,29 +78,29 @@ def _explained(repo_id: str, revision: str | None) -> Iterator[None]:
     except StmlError:
         raise
     except errors.RevisionNotFoundError:
-        raise StmlError(f"{where}: revision {revision!r} does not exist") from None
+        raise HubError(f"{where}: revision {revision!r} does not exist") from None
     except errors.RepositoryNotFoundError:
-        raise StmlError(
+        raise HubError(
             f"{repo_id}: repository not found on {hub.constants.ENDPOINT} (or private: set HF_TOKEN or --token)"
         ) from None
     except errors.LocalEntryNotFoundError:
-        raise StmlError(
+        raise HubError(
             f"{where} is not in the local Hub cache and the Hub cannot be reached"
             + (" (HF_HUB_OFFLINE=1)" if hub.constants.HF_HUB_OFFLINE else "")
         ) from None
     except errors.EntryNotFoundError as exc:
-        raise StmlError(f"{where}: file not found ({exc})") from None
+        raise HubError(f"{where}: file not found ({exc})") from None
     except errors.HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
         if status in (401, 403):
-            raise StmlError(
+            raise HubError(
                 f"{where}: not authorized (HTTP {status}): give a write token with --token or HF_TOKEN"
             ) from None
-        raise StmlError(
+        raise HubError(
             f"{where}: the Hub answered HTTP {status}: {str(exc).splitlines()[0]}"
         ) from None
     except (OSError, ValueError, RuntimeError) as exc:
-        raise StmlError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
+        raise HubError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # the HTTP stack's own errors (connection dropped, timeouts)
         if type(exc).__module__.split(".")[0] in (
             "httpx",
@@ -111,7 +110,7 @@ def _explained(repo_id: str, revision: str | None) -> Iterator[None]:
             "requests",
             "urllib3",
         ):
-            raise StmlError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
+            raise HubError(f"{where}: transfer failed ({type(exc).__name__}: {exc})") from None
         raise
 
 
@@ -133,35 +132,6 @@ def package_files(package: ModelPackage) -> list[str]:
     if (package.root / REPORT_NAME).is_file():
         files.append(REPORT_NAME)
     return files
-
-
-def _reduce_data(data: Any) -> None:
-    """A data summary as published: local folder paths reduced to the folder's name."""
-    if not isinstance(data, dict):
-        return
-    ref = data.get("ref") or {}
-    if data.get("kind") == "folder" or (ref.get("data") and Path(str(ref["data"])).is_absolute()):
-        if "root" in data:
-            data["root"] = Path(str(data["root"])).name
-        if ref.get("data"):
-            ref["data"] = Path(str(ref["data"])).name
-    if str(data.get("name", "")).startswith("folder /"):
-        data["name"] = f"folder {Path(str(data['name'])[7:]).name}"
-    if ref.get("data_root"):
-        ref["data_root"] = None
-
-
-def publishable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json as uploaded: local folder paths of the training and evaluation data are
-    reduced to their folder name (they say nothing to others and may say too much about this
-    machine)."""
-    out = copy.deepcopy(config)
-    _reduce_data(out.get("training", {}).get("data"))
-    for metrics in (out.get("metrics") or {}).values():
-        if isinstance(metrics, dict):
-            _reduce_data(metrics.get("data"))
-    out.pop("hub", None)
-    return out
 
 
 def push_package(
@@ -187,7 +157,8 @@ def push_package(
         readme_bytes, readme_kind = user_readme.read_bytes(), "yours"
     else:
         readme_bytes, readme_kind = render_card(package, repo_id).encode("utf-8"), "generated"
-    config_bytes = (json.dumps(publishable_config(package.config), indent=2) + "\n").encode("utf-8")
+    # local folder paths of the training and evaluation data are not published
+    config_bytes = package.config.dumps(published=True).encode("utf-8")
     operations = [
         hub.CommitOperationAdd(
             path_in_repo=rel,
@@ -255,7 +226,7 @@ def _remote_files(api: Any, repo_id: str, revision: str | None) -> tuple[list[st
     names = [s.rfilename for s in (info_.siblings or [])]
     unsafe = [n for n in names if not _safe_name(n)]
     if unsafe:
-        raise StmlError(
+        raise HubError(
             f"{repo_id}: refusing to download files whose names leave the package folder: {', '.join(unsafe[:3])}"
         )
     return names, info_.sha
@@ -271,7 +242,7 @@ def _cached_package(
         _, commit = _remote_files(hub.HfApi(token=token), repo_id, revision)
     folder = hub.snapshot_download(repo_id, revision=revision, token=token, library_name="stml")
     if commit is not None and Path(folder).name != commit:
-        raise StmlError(
+        raise HubError(
             f"{repo_id}@{revision or 'main'} moved to another commit during the download; run the command again"
         )
     package = ModelPackage.load(folder, verify=False)
@@ -282,13 +253,13 @@ def _cached_package(
             return package
         except ArtifactMismatchError as exc:
             if hub.constants.HF_HUB_OFFLINE:
-                raise StmlError(
+                raise HubError(
                     f"{exc}; the Hub cache copy in {folder} is damaged: delete that folder and "
                     "run again with the network on (HF_HUB_OFFLINE unset)"
                 ) from None
             warn(f"{exc}; the Hub cache copy is damaged, downloading {exc.rel} again")
             hub.hf_hub_download(repo_id, exc.rel, revision=commit, token=token, force_download=True)
-    raise StmlError(f"{repo_id}: files in the Hub cache stay damaged after downloading them again")
+    raise HubError(f"{repo_id}: files in the Hub cache stay damaged after downloading them again")
 
 
 def _carry_engines(old: Path, new: Path, package: ModelPackage) -> None:
@@ -296,7 +267,7 @@ def _carry_engines(old: Path, new: Path, package: ModelPackage) -> None:
     pulled package still has (names start with the variant's sha256), and the timing caches."""
     if not old.is_dir():
         return
-    shas = {m["sha256"][:12] for m in package.artifacts.values() if m.get("kind") == "onnx"}
+    shas = {m.sha256[:12] for m in package.artifacts.values() if m.kind == "onnx"}
     for entry in old.iterdir():
         if entry.name.startswith("timing-") or entry.name[:12] in shas:
             new.mkdir(exist_ok=True)
@@ -356,7 +327,7 @@ def download_package(
         api = hub.HfApi(token=token)
         names, commit = _remote_files(api, repo_id, revision)
         if CONFIG_NAME not in names:
-            raise StmlError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
+            raise HubError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
         target = Path(out).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)  # staging sits beside it: same filesystem
         _check_pull_target(target, names)
@@ -368,17 +339,13 @@ def download_package(
                 for name in names:
                     src = Path(staging) / name
                     if not src.is_file():
-                        raise StmlError(f"{repo_id}@{commit[:12]}: {name} missing after download")
+                        raise HubError(f"{repo_id}@{commit[:12]}: {name} missing after download")
                     dest = tmp / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dest)
                 package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
                 _carry_engines(target / ENGINES_DIR, tmp / ENGINES_DIR, package)
-                package.config["hub"] = {
-                    "repo_id": repo_id,
-                    "revision": revision or "main",
-                    "commit": commit,
-                }
+                package.config.hub = HubOrigin(repo_id, revision or "main", commit)
                 package.save()
     info(f"pulled {repo_id}@{commit[:12]} into {target}")
     return ModelPackage.load(target, verify=verify)

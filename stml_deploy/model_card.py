@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stml_deploy.hub import hub_backbone
 from stml_deploy.package import ModelPackage
 from stml_deploy.parity_files import read_report
 from stml_deploy.parity_metrics import recall_change_text
@@ -17,12 +18,14 @@ def _eval_results(package: ModelPackage) -> list[Any]:
     from huggingface_hub import EvalResult
 
     results = []
-    for split, values in package.config.get("metrics", {}).items():
-        if split.endswith("_initial") or not isinstance(values, dict):
+    for split, record in package.config.metrics.items():
+        if split.endswith("_initial"):
             continue
-        data = values.get("data", {}) if isinstance(values.get("data"), dict) else {}
-        ref = data.get("ref", {})
-        dataset = "image-folder" if data.get("kind") == "folder" else str(ref.get("data") or split)
+        data, values = record.data, record.values
+        if data is not None and data.is_folder:
+            dataset = "image-folder"
+        else:
+            dataset = data.ref.data if data is not None and data.ref is not None else split
         for metric in METRICS:
             if values.get(metric) is not None:
                 results.append(
@@ -30,7 +33,7 @@ def _eval_results(package: ModelPackage) -> list[Any]:
                         task_type="image-feature-extraction",
                         task_name="image retrieval (held-out classes)",
                         dataset_type=dataset,
-                        dataset_name=str(data.get("name", dataset)).split("/")[-1],
+                        dataset_name=(data.name if data is not None else dataset).split("/")[-1],
                         dataset_split=split,
                         metric_type=metric,
                         metric_name=metric.replace("_at_", "@").replace("_", " "),
@@ -46,10 +49,10 @@ def _parity_table(package: ModelPackage) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for e in read_report(package):
-        change = recall_change_text(e["retrieval"].get("recall_at_1_drop"))
+        change = recall_change_text(e.recall_at_1_drop)
         rows.append(
-            f"| `{e['artifact']}` | {e['runtime']} | {e['device']} | {e['tensor']['real']['cosine_min']:.5f} "
-            f"| {e['retrieval']['top10_overlap']:.3f} | {change} | {'pass' if e['passed'] else 'FAIL'} |"
+            f"| `{e.artifact}` | {e.runtime} | {e.device} | {e.cosine_min:.5f} "
+            f"| {e.top10_overlap:.3f} | {change} | {'pass' if e.passed else 'FAIL'} |"
         )
     return (
         "\n".join(rows)
@@ -62,11 +65,10 @@ def render_card(package: ModelPackage, repo_id: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     config = package.config
-    arch = config.get("architecture", {})
-    training = config.get("training", {})
-    hyper = training.get("hyperparameters", {})
-    data = training.get("data", {})
-    backbone = arch.get("backbone", "?")
+    arch, pre, training = config.architecture, config.preprocessing, config.training
+    hyper = training.hyperparameters if training is not None else {}
+    data = training.data if training is not None else None
+    backbone = arch.backbone
     data_card = ModelCardData(
         library_name="stml",
         pipeline_tag="image-feature-extraction",
@@ -79,21 +81,20 @@ def render_card(package: ModelPackage, repo_id: str) -> str:
             "embeddings",
         ],
         model_name=package.name,
-        base_model=backbone.removeprefix("hf-hub:") if backbone.startswith("hf-hub:") else None,
+        base_model=base.repo_id if (base := hub_backbone(backbone)) else None,
         eval_results=_eval_results(package) or None,
     )
     artifacts = "\n".join(
-        f"| `{rel}` | {m.get('precision', m.get('kind', ''))} | {m.get('bytes', 0) / 1e6:.1f} MB | `{m['sha256'][:12]}` |"
+        f"| `{rel}` | {m.precision or m.kind or ''} | {m.bytes / 1e6:.1f} MB | `{m.sha256[:12]}` |"
         for rel, m in package.artifacts.items()
     )
     recipe = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
-    pre = config.get("preprocessing", {})
     body = f"""{GENERATED_MARKER}
 # {package.name}
 
 An image embedding model trained **without labels** with Self-Taught Metric Learning (STML,
-Kim et al., CVPR 2022) with the stml toolkit. Backbone `{backbone}`, {arch.get("embedding_dim")}-d
-L2-normalized embeddings (cosine similarity), input {pre.get("image_size")} px.
+Kim et al., CVPR 2022) with the stml toolkit. Backbone `{backbone}`, {arch.embedding_dim}-d
+L2-normalized embeddings (cosine similarity), input {pre.image_size} px.
 
 ## Use it
 
@@ -109,7 +110,7 @@ stml export model --format trt --precision fp16   # on a Jetson: engine built on
 from stml_deploy import Embedder, Index
 
 embedder = Embedder.from_pretrained("{repo_id}", backend="auto", precision="fp32")
-vectors = embedder.embed_paths(["a.jpg", "b.jpg"]).vectors   # float32 [2, {arch.get("embedding_dim")}]
+vectors = embedder.embed_paths(["a.jpg", "b.jpg"]).vectors   # float32 [2, {arch.embedding_dim}]
 ```
 
 Every file is listed with its sha256 in `config.json`; stml verifies them on load.
@@ -126,8 +127,8 @@ Every file is listed with its sha256 in `config.json`; stml verifies them on loa
 
 ## Training
 
-Data: {data.get("name", "?")} ({data.get("images", "?")} images, labels never used);
-{training.get("epochs_done", "?")} epochs.
+Data: {data.name if data else "?"} ({data.images if data else "?"} images, labels never used);
+{training.epochs_done if training else "?"} epochs.
 
 | hyper-parameter | value |
 |---|---|
@@ -135,8 +136,8 @@ Data: {data.get("name", "?")} ({data.get("images", "?")} images, labels never us
 
 ## Preprocessing
 
-Resize the shorter side to {pre.get("resize")} ({pre.get("interpolation")}), center crop {pre.get("image_size")},
-RGB uint8 NCHW. Normalization (mean {pre.get("mean")}, std {pre.get("std")}) is inside the ONNX graph.
+Resize the shorter side to {pre.resize} ({pre.interpolation}), center crop {pre.image_size},
+RGB uint8 NCHW. Normalization (mean {list(pre.mean)}, std {list(pre.std)}) is inside the ONNX graph.
 """
     # ModelCard validates the YAML header; no template engine (jinja2) needed on the edge
     return str(ModelCard(f"---\n{data_card.to_yaml()}\n---\n{body}"))

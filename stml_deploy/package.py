@@ -1,20 +1,23 @@
-"""The model package (DESIGN §2): a directory with config.json, model.safetensors, onnx/,
-parity/ and, locally only, engines/. config.json lists every artifact with its sha256;
-loading checks them all and refuses any mismatch."""
+"""The model package (docs/design.md §2): a directory with config.json, model.safetensors,
+onnx/, parity/ and, locally only, engines/. config.json (stml_deploy/config.py) lists every
+artifact with its sha256; loading checks them all and refuses any mismatch."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from stml_deploy.atomic import atomic_write_json
-from stml_deploy.errors import ArtifactMismatchError, StmlError
+from stml_deploy.atomic import atomic_write_text
+from stml_deploy.config import (
+    ArtifactRecord,
+    DataRecord,
+    MetricsRecord,
+    PackageConfig,
+)
+from stml_deploy.errors import ArtifactMismatchError, PackageError, StmlError
 from stml_deploy.preprocess import PreprocessSpec
 
-FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_DIR = "onnx"
@@ -23,10 +26,16 @@ ENGINES_DIR = "engines"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def onnx_name(precision: str) -> str:
-    """Relative path of the ONNX artifact for a precision (DESIGN §2 names)."""
+def check_precision(precision: str, what: str = "precision") -> str:
+    """The one check of a precision name (fp32 | fp16 | int8); `what` names the option."""
     if precision not in PRECISIONS:
-        raise StmlError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+        raise StmlError(f"unknown {what} {precision!r}; one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def onnx_name(precision: str) -> str:
+    """Relative path of the ONNX artifact for a precision (docs/design.md §2 names)."""
+    check_precision(precision)
     return f"{ONNX_DIR}/model.onnx" if precision == "fp32" else f"{ONNX_DIR}/model.{precision}.onnx"
 
 
@@ -39,11 +48,10 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 class ModelPackage:
-    """A model package on disk. `config` is the parsed config.json (a plain dict, the file
-    format is the contract); helpers below read the parts runtimes need."""
+    """A model package on disk. `config` is the typed config.json (stml_deploy/config.py)."""
 
-    def __init__(self, root: Path, config: dict[str, Any]) -> None:
-        self.root = root
+    def __init__(self, root: Path, config: PackageConfig) -> None:
+        self.root = Path(root)
         self.config = config
         self._verified: dict[str, str] = {}  # rel -> sha256 this object already checked
 
@@ -53,21 +61,10 @@ class ModelPackage:
         root = Path(path)
         config_path = root / CONFIG_NAME
         if not root.is_dir():
-            raise StmlError(f"{root}: not a model package folder (no such directory)")
+            raise PackageError(f"{root}: not a model package folder (no such directory)", root)
         if not config_path.is_file():
-            raise StmlError(f"{root}: not a model package (no {CONFIG_NAME})")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StmlError(f"{config_path}: not valid JSON ({exc})") from None
-        if not isinstance(config, dict) or "format_version" not in config:
-            raise StmlError(f"{config_path}: not an stml package config (no format_version)")
-        if config["format_version"] > FORMAT_VERSION:
-            raise StmlError(
-                f"{config_path}: package format {config['format_version']} is newer than this "
-                f"stml understands ({FORMAT_VERSION}); upgrade stml"
-            )
-        package = cls(root, config)
+            raise PackageError(f"{root}: not a model package (no {CONFIG_NAME})", root)
+        package = cls(root, PackageConfig.read(config_path))
         if verify:
             package.verify()
         return package
@@ -78,16 +75,16 @@ class ModelPackage:
         for rel in only if only is not None else list(artifacts):
             meta = artifacts.get(rel)
             if meta is None:
-                raise StmlError(f"{self.root}: {rel} is not recorded in {CONFIG_NAME}")
-            if self._verified.get(rel) == meta.get("sha256"):
+                raise PackageError(f"{self.root}: {rel} is not recorded in {CONFIG_NAME}", rel)
+            if self._verified.get(rel) == meta.sha256:
                 continue  # hashed once already (large files cost seconds)
             file = self.path(rel)
             if not file.is_file():
                 raise ArtifactMismatchError(f"{file}: missing (listed in {CONFIG_NAME})", rel)
             actual = sha256_file(file)
-            if actual != meta.get("sha256"):
+            if actual != meta.sha256:
                 raise ArtifactMismatchError(
-                    f"{file}: sha256 mismatch (expected {str(meta.get('sha256'))[:12]}..., "
+                    f"{file}: sha256 mismatch (expected {meta.sha256[:12]}..., "
                     f"found {actual[:12]}...); the file is damaged or was modified",
                     rel,
                 )
@@ -98,83 +95,65 @@ class ModelPackage:
         # lexical check (the Hub cache keeps files as symlinks into its blob store)
         normal = os.path.normpath(rel)
         if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
-            raise StmlError(f"{rel}: artifact path escapes the package folder {self.root}")
+            raise PackageError(f"{rel}: artifact path escapes the package folder {self.root}", rel)
         return self.root / rel
 
     @property
     def name(self) -> str:
-        return str(self.config.get("name") or self.root.name)
+        return self.config.name or self.root.name
 
     @property
-    def artifacts(self) -> dict[str, dict[str, Any]]:
-        return self.config.setdefault("artifacts", {})
+    def artifacts(self) -> dict[str, ArtifactRecord]:
+        return self.config.artifacts
 
     @property
     def preprocessing(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.config["preprocessing"])
+        return self.config.preprocessing
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.config["architecture"]["embedding_dim"])
+        return self.config.architecture.embedding_dim
 
     @property
     def weights_sha256(self) -> str:
         """Identifies the model: indexes built with one model refuse vectors of another."""
         meta = self.artifacts.get(WEIGHTS_NAME) or self.artifacts.get(onnx_name("fp32"))
         if meta is None:
-            raise StmlError(f"{self.root}: package records neither weights nor an fp32 ONNX")
-        return str(meta["sha256"])
+            raise PackageError(f"{self.root}: package records neither weights nor an fp32 ONNX")
+        return meta.sha256
 
     def onnx_path(self, precision: str = "fp32") -> Path:
         rel = onnx_name(precision)
         if rel not in self.artifacts:
             have = [p for p in PRECISIONS if onnx_name(p) in self.artifacts]
             hint = (
-                f" (it has: {', '.join(have)})"
+                f" (it has: {', '.join(have)}; add it with: stml export {self.root} --format onnx "
+                f"--precision {precision})"
                 if have
                 else " (run: stml export PACKAGE --format onnx)"
             )
-            raise StmlError(f"{self.root}: no {precision} ONNX model in this package{hint}")
+            raise PackageError(f"{self.root}: no {precision} ONNX model in this package{hint}")
         return self.path(rel)
 
     # --- writing -------------------------------------------------------------------------
-    def record_artifact(self, rel: str, **meta: Any) -> None:
-        """Hash a file already in place and record it (and `meta`) in config.json."""
+    def record_artifact(self, rel: str, kind: str | None = None, **details: object) -> None:
+        """Hash a file already in place and record it (and `details`) in config.json."""
         file = self.path(rel)
-        entry = {"sha256": sha256_file(file), "bytes": file.stat().st_size, **meta}
+        entry = ArtifactRecord(sha256_file(file), file.stat().st_size, kind, dict(details))
         self.artifacts[rel] = entry
-        self._verified[rel] = entry["sha256"]
+        self._verified[rel] = entry.sha256
         self.save()
 
     def forget_artifact(self, rel: str) -> None:
         if self.artifacts.pop(rel, None) is not None:
             self.save()
 
+    def record_metrics(
+        self, split: str, values: dict[str, float | int | None], data: DataRecord | None = None
+    ) -> None:
+        """Store evaluation results under `split` (the model card shows them)."""
+        self.config.metrics[split] = MetricsRecord(dict(values), data)
+        self.save()
+
     def save(self) -> None:
-        atomic_write_json(self.root / CONFIG_NAME, self.config)
-
-
-def new_config(
-    name: str,
-    architecture: dict[str, Any],
-    preprocessing: PreprocessSpec,
-    training: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A fresh config.json body; artifacts are added by record_artifact."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "library": "stml",
-        "architecture": architecture,
-        "preprocessing": preprocessing.to_dict(),
-        "embedding": {
-            "dim": architecture["embedding_dim"],
-            "distance": "cosine",
-            "normalized": True,
-            "output": "embedding",
-            "input": "pixels",
-        },
-        "training": training or {},
-        "metrics": {},
-        "artifacts": {},
-    }
+        atomic_write_text(self.root / CONFIG_NAME, self.config.dumps())

@@ -11,7 +11,7 @@ from typing import Any
 from stml_deploy.embedder import Embedder
 from stml_deploy.errors import StmlError
 from stml_deploy.grid import MATCH, MISMATCH, QUERY, UNKNOWN, Tile, draw_grid
-from stml_deploy.hub import open_package
+from stml_deploy.hub import is_hub_package, open_package
 from stml_deploy.images import expand_image_args, folder_labels
 from stml_deploy.index import GalleryIndex, check_engine, check_index_target, check_kind
 from stml_deploy.package import onnx_name
@@ -20,17 +20,17 @@ from stml_deploy.package import onnx_name
 def _variant_sha(embedder: Embedder) -> str | None:
     """sha256 of the ONNX variant behind the backend (a TensorRT engine is built from it)."""
     meta = embedder.package.artifacts.get(onnx_name(embedder.backend.precision))
-    return meta.get("sha256") if meta else None
+    return meta.sha256 if meta else None
 
 
 def _model_record(embedder: Embedder, package_ref: str) -> dict[str, Any]:
-    ref = package_ref if package_ref.startswith("hf://") else str(Path(package_ref).resolve())
-    hub = embedder.package.config.get("hub", {})
+    ref = package_ref if is_hub_package(package_ref) else str(Path(package_ref).resolve())
+    hub = embedder.package.config.hub
     return {
         "name": embedder.package.name,
         "weights_sha256": embedder.model_id,
         "package": ref,
-        "hub_commit": hub.get("commit"),
+        "hub_commit": hub.commit if hub is not None else None,
         "embedding_dim": embedder.dim,
         "precision": embedder.backend.precision,
         "onnx_sha256": _variant_sha(embedder),

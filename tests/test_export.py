@@ -33,8 +33,8 @@ def test_artifacts_are_recorded_with_hashes(exported_package: Path) -> None:
         "onnx/model.int8.onnx",
         "parity/golden.npz",
     ):
-        assert package.artifacts[rel]["sha256"] == sha256_file(exported_package / rel)
-    assert package.artifacts["onnx/model.int8.onnx"]["int8_target"] == "cpu"
+        assert package.artifacts[rel].sha256 == sha256_file(exported_package / rel)
+    assert package.artifacts["onnx/model.int8.onnx"].int8_target == "cpu"
     leftovers = [
         p.name
         for p in (exported_package / "onnx").iterdir()
@@ -234,18 +234,19 @@ def test_package_problems(tiny_package: Path, tmp_path: Path) -> None:
     )
     mismatch = copy_of(tiny_package, tmp_path / "b")
     config = json.loads((mismatch / "config.json").read_text())
-    config["training"]["hyperparameters"]["aux_dim"] = 64
+    config["architecture"]["aux_dim"] = 64  # the network is rebuilt from the architecture
     (mismatch / "config.json").write_text(json.dumps(config))
-    assert "weights do not match" in one_line_error(run_cli("export", str(mismatch), *EXPORT_DATA))
+    line = one_line_error(run_cli("export", str(mismatch), *EXPORT_DATA))
+    assert "weights do not match" in line and "g.weight" in line
     assert not (mismatch / "onnx").exists()
     # a hand-edited architecture would export wrong metadata: refused before anything is written
     edited = copy_of(tiny_package, tmp_path / "c")
     config = json.loads((edited / "config.json").read_text())
-    config["architecture"]["embedding_dim"] = 64
+    config["architecture"]["feature_dim"] = 7
     (edited / "config.json").write_text(json.dumps(config))
     before = (edited / "config.json").read_bytes()
     line = one_line_error(run_cli("export", str(edited), *EXPORT_DATA))
-    assert "does not match its weights" in line and "architecture.embedding_dim 64" in line
+    assert "does not match its weights" in line and "architecture.feature_dim 7" in line
     assert (edited / "config.json").read_bytes() == before and not (edited / "onnx").exists()
 
 

@@ -124,7 +124,7 @@ def test_revisions_branches_and_prs(hub: HubServer, exported_package: Path, tmp_
     assert "NOTES.txt" in one_line_error(refused)
     assert (tmp_path / "a" / "NOTES.txt").read_text() == "mine"
     edited = ModelPackage.load(package)
-    edited.config["name"] = "renamed"
+    edited.config.name = "renamed"
     edited.save()
     assert stml(hub, home, "push", str(package), "user/rev").code == 0
     old = stml(hub, home, "pull", f"user/rev@{first_commit}", "--out", str(tmp_path / "old"))
@@ -139,7 +139,7 @@ def test_revisions_branches_and_prs(hub: HubServer, exported_package: Path, tmp_
     )
     unchanged = stml(hub, home, "push", str(package), "user/rev")
     assert unchanged.code == 0 and "nothing to push" in unchanged.out
-    edited.config["name"] = "proposed"
+    edited.config.name = "proposed"
     edited.save()
     pr = stml(hub, home, "push", str(package), "user/rev", "--create-pr", "--message", "proposal")
     assert pr.code == 0 and "pull request:" in pr.out
@@ -334,22 +334,28 @@ def test_pull_and_hf_refs_without_torch(
     ):
         proc = python_with_hub(hub, home, BLOCK_TORCH, *args)
         assert proc.returncode == 0, (args, proc.stderr)
-    assert ModelPackage.load(tmp_path / "edge").config["hub"]["repo_id"] == "user/edge"
+    assert ModelPackage.load(tmp_path / "edge").config.hub.repo_id == "user/edge"
 
 
 def test_published_config_names_no_local_paths() -> None:
-    from stml_deploy.hub_transfer import publishable_config
+    from stml_deploy.config import DataRecord, HubOrigin, MetricsRecord, PackageConfig
+    from stml_deploy.package import ModelPackage
 
-    def folder_data(path: str) -> dict:
-        return {"name": f"folder {path}", "root": path, "kind": "folder",
-                "ref": {"data": path, "data_root": "/home/me/data", "split": "test"}}  # fmt: skip
+    def folder_data(path: str) -> DataRecord:
+        return DataRecord.from_json(
+            {"name": f"folder {path}", "root": path, "kind": "folder", "images": 3,
+             "ref": {"data": path, "data_root": "/home/me/data", "split": "test"}}
+        )  # fmt: skip
 
-    config = {
-        "training": {"data": folder_data("/home/me/secret/products")},
-        "metrics": {"test": {"recall_at_1": 0.5, "data": folder_data("/home/me/secret/held_out")}},
-        "hub": {"repo_id": "user/x"},
-    }
-    published = json.dumps(publishable_config(config))
-    assert "/home/me" not in published and "hub" not in publishable_config(config)
-    assert publishable_config(config)["metrics"]["test"]["data"]["root"] == "held_out"
-    assert config["metrics"]["test"]["data"]["root"] == "/home/me/secret/held_out"  # a copy
+    old = ModelPackage.load(Path(__file__).parent / "data" / "package-0.1.0", verify=False)
+    config = PackageConfig.from_json(old.config.to_json(), "config.json")
+    config.training.data = folder_data("/home/me/secret/products")
+    config.metrics["test"] = MetricsRecord(
+        {"recall_at_1": 0.5}, folder_data("/home/me/secret/held_out")
+    )
+    config.hub = HubOrigin("user/x", "main", "0" * 40)
+    published = config.dumps(published=True)
+    assert "/home/me" not in published and '"hub"' not in published
+    assert json.loads(published)["metrics"]["test"]["data"]["root"] == "held_out"
+    assert json.loads(published)["training"]["data"]["name"] == "folder products"
+    assert config.metrics["test"].data.root == "/home/me/secret/held_out"  # a copy

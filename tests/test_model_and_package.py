@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from stml_deploy.atomic import atomic_directory, atomic_path, atomic_write_json
+from stml_deploy.config import TrainingRecord
 from stml_deploy.errors import StmlError
 from stml_deploy.package import ModelPackage
+from stml_deploy.preprocess import PreprocessSpec
 from training.config import TrainConfig, build_config
 from training.model import make_teacher
-from training.package_io import build_student, load_student, write_package
+from training.package_io import architecture_of, build_student, load_student, write_package
 
 TINY = TrainConfig(
     backbone="test_resnet", pretrained=False, embedding_dim=16, aux_dim=32, image_size=32, resize=32
@@ -60,12 +62,29 @@ def test_recipes_set_paper_values_and_options_win() -> None:
     assert build_config("cub", {}).topk == 10
 
 
+def _write(out: Path, student: torch.nn.Module, spec: PreprocessSpec) -> ModelPackage:
+    record = TrainingRecord(TINY.to_dict(), None, epochs_done=0, complete=False)
+    return write_package(out, student, architecture_of(TINY, student), spec, "tiny", record)
+
+
+def test_the_network_is_rebuilt_from_the_architecture_not_the_hyperparameters(
+    tmp_path: Path,
+) -> None:
+    """The training record is history: editing it changes nothing about the network."""
+    student, spec = build_student(TINY)
+    package = _write(tmp_path / "pkg", student, spec)
+    config = json.loads((package.root / "config.json").read_text())
+    config["training"]["hyperparameters"].update(embedding_dim=64, backbone="resnet50")
+    (package.root / "config.json").write_text(json.dumps(config))
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    loaded = load_student(ModelPackage.load(package.root))
+    assert torch.equal(loaded.embed(pixels), student.eval().embed(pixels))
+
+
 def test_package_round_trip_and_tamper_detection(tmp_path: Path) -> None:
     torch.manual_seed(0)
     student, spec = build_student(TINY)
-    package = write_package(
-        tmp_path / "pkg", student, TINY, spec, "tiny", {"hyperparameters": TINY.to_dict()}
-    )
+    package = _write(tmp_path / "pkg", student, spec)
     loaded = load_student(ModelPackage.load(package.root))
     pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(loaded.embed(pixels), student.eval().embed(pixels))
@@ -79,11 +98,9 @@ def test_package_round_trip_and_tamper_detection(tmp_path: Path) -> None:
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path: Path) -> None:
     student, spec = build_student(TINY)
-    package = write_package(
-        tmp_path / "pkg", student, TINY, spec, "tiny", {"hyperparameters": TINY.to_dict()}
-    )
+    package = _write(tmp_path / "pkg", student, spec)
     config = json.loads((package.root / "config.json").read_text())
-    config["training"]["hyperparameters"]["embedding_dim"] = 64  # config now says f has 64 outputs
+    config["architecture"]["embedding_dim"] = 64  # config now says f has 64 outputs
     (package.root / "config.json").write_text(json.dumps(config))
     with pytest.raises(
         StmlError, match=r"weights do not match .*shape differs: f\.bias, f\.weight"

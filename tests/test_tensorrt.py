@@ -42,21 +42,21 @@ def test_engine_name_carries_every_part_of_the_key() -> None:
 def test_cached_engine_is_reused_only_when_sidecar_and_bytes_match(tmp_path: Path) -> None:
     key = engine_key("cd" * 32, ORIN, "10.3.0", "fp16", (1, 8, 32))
     engine = tmp_path / engine_file_name(key)
-    assert "no engine built yet" in cached_engine_problem(engine, key)
+    assert "no engine built yet" in str(cached_engine_problem(engine, key))
     engine.write_bytes(b"serialized plan")
-    assert "no metadata sidecar" in cached_engine_problem(engine, key)
+    assert "no metadata sidecar" in str(cached_engine_problem(engine, key))
     sidecar = engine.with_suffix(".json")
     sidecar.write_text(json.dumps({"key": key, "engine_sha256": sha256_file(engine)}))
-    assert "passed parity" in cached_engine_problem(engine, key)
+    assert "passed parity" in str(cached_engine_problem(engine, key))
     meta = {"key": key, "engine_sha256": sha256_file(engine), "parity_passed": True}
     sidecar.write_text(json.dumps(meta))
     assert cached_engine_problem(engine, key) is None
     newer = engine_key("cd" * 32, ORIN, "10.3.1", "fp16", (1, 8, 32))
-    assert "different tensorrt_version" in cached_engine_problem(engine, newer)
+    assert "different tensorrt_version" in str(cached_engine_problem(engine, newer))
     engine.write_bytes(b"another plan")
-    assert "does not match its sidecar" in cached_engine_problem(engine, key)
+    assert "does not match its sidecar" in str(cached_engine_problem(engine, key))
     sidecar.write_text("{")
-    assert "not valid JSON" in cached_engine_problem(engine, key)
+    assert "not valid JSON" in str(cached_engine_problem(engine, key))
 
 
 @pytest.mark.gpu

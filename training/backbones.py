@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from stml_deploy.errors import StmlError
+from stml_deploy.hub import hub_backbone
 
 GOOGLENET_NAMES = ("googlenet", "torchvision:googlenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +89,7 @@ def _timm(name: str, pretrained: bool, model_args: dict[str, Any] | None = None)
     import timm
     from timm.data import resolve_model_data_config
 
-    if not name.startswith("hf-hub:") and not timm.is_model(name):
+    if hub_backbone(name) is None and not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise StmlError(f"unknown backbone {name!r}: not a timm model name{hint}")
@@ -120,13 +121,13 @@ def hub_backbone_recipe(name: str) -> dict[str, Any] | None:
     """For an `hf-hub:` backbone, the timm architecture and arguments its Hub config names
     (read from the local Hub cache, where timm just put it). Stored in config.json, they let
     eval and export rebuild the network with no Hub access (the weights come from the package)."""
-    if not name.startswith("hf-hub:"):
+    repo = hub_backbone(name)
+    if repo is None:
         return None
     try:
         from huggingface_hub import hf_hub_download
 
-        repo_id, _, revision = name.removeprefix("hf-hub:").partition("@")
-        path = hf_hub_download(repo_id, "config.json", revision=revision or None)
+        path = hf_hub_download(repo.repo_id, "config.json", revision=repo.revision)
         config = json.loads(Path(path).read_text(encoding="utf-8"))
         return {
             "timm_architecture": str(config["architecture"]),
@@ -146,6 +147,6 @@ def create_backbone(name: str, pretrained: bool, recipe: dict[str, Any] | None =
     no pretrained weights are wanted."""
     if name.lower() in GOOGLENET_NAMES:
         return _googlenet(pretrained)
-    if recipe and not pretrained and name.startswith("hf-hub:"):
+    if recipe and not pretrained and hub_backbone(name) is not None:
         return _timm(recipe["timm_architecture"], False, recipe.get("timm_model_args") or {})
     return _timm(name, pretrained)

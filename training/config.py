@@ -3,33 +3,44 @@ backbone); named recipes set the paper's values per dataset; explicit options wi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from stml_deploy.config import PackageConfig
 from stml_deploy.errors import StmlError
+
+
+def _option(default: Any, help: str, default_text: str | None = None) -> Any:
+    """A hyper-parameter that `stml train` offers as --NAME: its help and shown default live
+    here, once (cli.py builds the options from these fields)."""
+    return field(default=default, metadata={"help": help, "default_text": default_text})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = "resnet50"
-    pretrained: bool = True
-    embedding_dim: int = 512  # f head
-    aux_dim: int = 1024  # g head
-    image_size: int = 224
-    resize: int | None = None  # shorter side before the crop; None = image_size / 0.875
-    epochs: int = 90
-    batch_size: int = 120  # images per batch (each seen in `views` augmentations)
-    views: int = 2
-    neighbours: int = 5  # images per query group in nearest-neighbour batches
-    lr: float = 1e-4
-    head_lr: float | None = None  # None = lr
-    weight_decay: float = 1e-2
-    schedule: str = "cosine"  # cosine | constant
-    sigma: float = 3.0
-    delta: float = 1.0
-    momentum: float = 0.999  # EMA teacher
-    seed: int = 0
-    recipe: str | None = None
+    backbone: str = _option("resnet50", "timm model name (hf-hub: names too) or googlenet.")
+    pretrained: bool = _option(
+        True, "Start from the backbone's pretrained weights (downloaded by timm/torchvision)."
+    )
+    embedding_dim: int = _option(512, "Size of the final embedding f.")
+    aux_dim: int = _option(1024, "Size of the auxiliary head g.")
+    image_size: int = _option(224, "Network input side after the crop.")
+    resize: int | None = _option(
+        None, "Shorter side before the center crop at eval.", "image-size / 0.875"
+    )
+    epochs: int = _option(90, "Training epochs.")
+    batch_size: int = _option(120, "Images per batch; each is seen in --views augmentations.")
+    views: int = _option(2, "Augmented views per image.")
+    neighbours: int = _option(5, "Images per query group in nearest-neighbour batches.")
+    lr: float = _option(1e-4, "Backbone learning rate (AdamP).")
+    head_lr: float | None = _option(None, "Learning rate of the f and g heads.", "--lr")
+    weight_decay: float = _option(1e-2, "AdamP weight decay.")
+    schedule: str = _option("cosine", "Learning-rate schedule: cosine | constant.")
+    sigma: float = _option(3.0, "Bandwidth of the pairwise similarity W_P.")
+    delta: float = _option(1.0, "Margin of the relaxed contrastive loss.")
+    momentum: float = _option(0.999, "EMA momentum of the teacher.")
+    seed: int = _option(0, "Seed of initialisation, sampling and augmentation.")
+    recipe: str | None = None  # set by build_config from --recipe
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "aux_dim", "image_size", "epochs", "batch_size", "views",
@@ -102,9 +113,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-ARCHITECTURE_KEYS = ("backbone", "embedding_dim", "aux_dim", "image_size", "resize")
-
-
 def build_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < recipe < explicit options (None in `overrides` means "not given")."""
     values: dict[str, Any] = {}
@@ -117,12 +125,13 @@ def build_config(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
     return replace(TrainConfig(), **values)
 
 
-def init_config(
-    recipe: str | None, overrides: dict[str, Any], init_hyper: dict[str, Any]
-) -> TrainConfig:
+def init_config(recipe: str | None, overrides: dict[str, Any], init: PackageConfig) -> TrainConfig:
     """Options for continuing from a published package: its architecture is fixed (options
     that contradict it are refused), its weights replace any pretrained start."""
-    fixed = {k: init_hyper[k] for k in ARCHITECTURE_KEYS if k in init_hyper}
+    arch = init.architecture
+    fixed = {"backbone": arch.backbone, "embedding_dim": arch.embedding_dim,
+             "aux_dim": arch.aux_dim, "image_size": arch.image_size,
+             "resize": init.preprocessing.resize}  # fmt: skip
     clash = sorted(
         k for k, v in fixed.items() if overrides.get(k) is not None and overrides[k] != v
     )

@@ -9,10 +9,10 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from stml_deploy.config import DataRef
 from stml_deploy.console import warn
 from stml_deploy.errors import StmlError
 from training.sources import SPLITS, ImageSource, folder_source
@@ -224,10 +224,10 @@ def resolve_source(
     return source
 
 
-def resolve_ref(ref: dict[str, Any]) -> ImageSource:
+def resolve_ref(ref: DataRef) -> ImageSource:
     """Re-open the data a package was trained on (as recorded in config.json), e.g. as the
     default calibration set."""
     try:
-        return resolve_source(ref["data"], ref.get("data_root"), ref.get("split", "train"))
-    except (StmlError, KeyError) as exc:
+        return resolve_source(ref.data, ref.data_root, ref.split)
+    except StmlError as exc:
         raise StmlError(f"the package's training data is not reachable here ({exc})") from None

@@ -4,31 +4,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from stml_deploy.atomic import atomic_path
-from stml_deploy.errors import StmlError
-from stml_deploy.package import WEIGHTS_NAME, ModelPackage, new_config
+from stml_deploy.config import Architecture, MetricsRecord, PackageConfig, TrainingRecord
+from stml_deploy.errors import PackageError
+from stml_deploy.package import WEIGHTS_NAME, ModelPackage
 from stml_deploy.preprocess import PreprocessSpec
-from training.backbones import create_backbone
+from training.backbones import create_backbone, hub_backbone_recipe
 from training.config import TrainConfig
 from training.model import EmbeddingNet
 
-# config.json "architecture" keys that rebuild an hf-hub: backbone without the Hub
-HUB_RECIPE_KEYS = ("timm_architecture", "timm_model_args")
-
 
 def build_student(
-    cfg: TrainConfig, pretrained: bool | None = None, recipe: dict[str, Any] | None = None
+    cfg: TrainConfig, pretrained: bool | None = None
 ) -> tuple[EmbeddingNet, PreprocessSpec]:
-    """The student network and the preprocessing its backbone expects (`recipe`: see
-    hub_backbone_recipe)."""
-    backbone = create_backbone(
-        cfg.backbone, cfg.pretrained if pretrained is None else pretrained, recipe
-    )
+    """The student network a training configuration asks for, and the preprocessing its
+    backbone expects."""
+    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
     spec = PreprocessSpec(
         image_size=cfg.image_size,
         resize=cfg.resize_side,
@@ -39,15 +34,31 @@ def build_student(
     return EmbeddingNet(backbone, cfg.embedding_dim, cfg.aux_dim), spec
 
 
-def architecture(cfg: TrainConfig, student: EmbeddingNet) -> dict[str, Any]:
-    return {
-        "backbone": cfg.backbone,
-        "pooling": "gap+gmp",
-        "feature_dim": student.g.in_features,
-        "embedding_dim": cfg.embedding_dim,
-        "aux_dim": cfg.aux_dim,
-        "image_size": cfg.image_size,
-    }
+def architecture_of(cfg: TrainConfig, student: EmbeddingNet) -> Architecture:
+    """What config.json records to rebuild `student` without the training options (an
+    hf-hub: backbone adds its timm architecture, read once from the Hub cache)."""
+    recipe = hub_backbone_recipe(cfg.backbone) or {}
+    return Architecture(
+        backbone=cfg.backbone,
+        embedding_dim=cfg.embedding_dim,
+        aux_dim=cfg.aux_dim,
+        image_size=cfg.image_size,
+        feature_dim=student.g.in_features,
+        timm_architecture=recipe.get("timm_architecture"),
+        timm_model_args=recipe.get("timm_model_args"),
+    )
+
+
+def build_network(arch: Architecture) -> EmbeddingNet:
+    """The network an architecture record describes, randomly initialised (no download: an
+    hf-hub: backbone is rebuilt from its recorded timm architecture)."""
+    recipe = (
+        {"timm_architecture": arch.timm_architecture, "timm_model_args": arch.timm_model_args}
+        if arch.timm_architecture
+        else None
+    )
+    backbone = create_backbone(arch.backbone, False, recipe)
+    return EmbeddingNet(backbone, arch.embedding_dim, arch.aux_dim)
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -64,7 +75,7 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise StmlError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise PackageError(f"{path}: not a readable safetensors file ({exc})", path) from None
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -78,8 +89,9 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
         ):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
-        raise StmlError(
-            f"{path}: weights do not match the architecture in config.json ({'; '.join(parts)})"
+        raise PackageError(
+            f"{path}: weights do not match the architecture in config.json ({'; '.join(parts)})",
+            path,
         )
     module.load_state_dict(state, strict=True)
 
@@ -87,61 +99,59 @@ def load_weights(path: Path, module: torch.nn.Module) -> None:
 def write_package(
     out: Path,
     student: EmbeddingNet,
-    cfg: TrainConfig,
+    architecture: Architecture,
     spec: PreprocessSpec,
     name: str,
-    training: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    backbone_recipe: dict[str, Any] | None = None,
+    training: TrainingRecord,
+    metrics: dict[str, MetricsRecord] | None = None,
 ) -> ModelPackage:
     """(Re)write model.safetensors and config.json; other artifacts of an earlier export no
-    longer match new weights, so they are dropped from the record. `backbone_recipe` (from
-    hub_backbone_recipe) goes into the architecture record."""
+    longer match new weights, so they are dropped from the record."""
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / WEIGHTS_NAME, student)
-    config = new_config(
-        name, {**architecture(cfg, student), **(backbone_recipe or {})}, spec, training
-    )
-    if metrics:
-        config["metrics"] = metrics
+    config = PackageConfig(name, architecture, spec, training, dict(metrics or {}))
     package = ModelPackage(out, config)
     package.record_artifact(WEIGHTS_NAME, kind="weights", format="safetensors")
     return package
 
 
 def train_config_of(package: ModelPackage) -> TrainConfig:
-    hyper = package.config.get("training", {}).get("hyperparameters")
-    if not hyper:
-        raise StmlError(f"{package.root}: config.json has no training.hyperparameters")
-    return TrainConfig.from_dict(hyper)
+    """The options a package was trained with (to continue training from it)."""
+    training = package.config.training
+    if training is None or not training.hyperparameters:
+        raise PackageError(
+            f"{package.root}: config.json has no training.hyperparameters", package.root
+        )
+    return TrainConfig.from_dict(training.hyperparameters)
 
 
 def load_student(package: ModelPackage, device: torch.device | str = "cpu") -> EmbeddingNet:
-    """The trained student of a package (no download: the backbone is built without pretrained
-    weights, then the package's weights are loaded strictly)."""
-    cfg = train_config_of(package)
-    recorded = package.config.get("architecture", {})
-    recipe = {k: recorded[k] for k in HUB_RECIPE_KEYS if k in recorded} or None
-    student, spec = build_student(cfg, pretrained=False, recipe=recipe)
+    """The trained student of a package, rebuilt from its architecture record (no download),
+    its weights loaded strictly."""
+    arch = package.config.architecture
+    student = build_network(arch)
     load_weights(package.path(WEIGHTS_NAME), student)
-    _check_config_agrees(package, architecture(cfg, student), spec)
+    _check_config_agrees(package, student)
     return student.to(device).eval()
 
 
-def _check_config_agrees(
-    package: ModelPackage, built: dict[str, Any], spec: PreprocessSpec
-) -> None:
+def _check_config_agrees(package: ModelPackage, student: EmbeddingNet) -> None:
     """config.json's architecture and preprocessing describe the network the weights load into
     (exported graphs and the edge runtime trust them); a hand-edited config would otherwise
     export silently wrong metadata."""
-    recorded = package.config.get("architecture", {})
-    wrong = [f"architecture.{k} {recorded.get(k)!r} (the network has {v!r})"
-             for k, v in built.items() if recorded.get(k) != v]  # fmt: skip
+    arch = package.config.architecture
+    wrong = []
+    if student.g.in_features != arch.feature_dim:
+        wrong.append(
+            f"architecture.feature_dim {arch.feature_dim} (the network has {student.g.in_features})"
+        )
     size = package.preprocessing.image_size
-    if size != spec.image_size:
-        wrong.append(f"preprocessing.image_size {size} (the network has {spec.image_size})")
+    if size != arch.image_size:
+        wrong.append(
+            f"preprocessing.image_size {size} (architecture.image_size is {arch.image_size})"
+        )
     if wrong:
-        raise StmlError(
-            f"{package.root / 'config.json'} does not match its weights and hyper-parameters: "
-            + "; ".join(wrong)
+        raise PackageError(
+            f"{package.root / 'config.json'} does not match its weights: " + "; ".join(wrong),
+            package.root / "config.json",
         )

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stml_deploy.config import DataRecord, MetricsRecord, TrainingRecord
 from stml_deploy.console import info, progress, stderr
-from stml_deploy.errors import Interrupted, StmlError
+from stml_deploy.errors import Interrupted, PackageError, StmlError
 from stml_deploy.package import (
     CONFIG_NAME,
     ENGINES_DIR,
@@ -25,7 +26,6 @@ from stml_deploy.package import (
     WEIGHTS_NAME,
     ModelPackage,
 )
-from training.backbones import hub_backbone_recipe
 from training.config import TrainConfig
 from training.device import autocast_factory, resolve_amp, resolve_device
 from training.embedding import embed_source
@@ -33,7 +33,7 @@ from training.evaluate import retrieval_metrics
 from training.loaders import MultiViewDataset, collate_views, default_workers
 from training.losses import stml_loss
 from training.model import EmbeddingNet, make_teacher
-from training.package_io import build_student, write_package
+from training.package_io import architecture_of, build_student, write_package
 from training.sampler import NeighbourBatchSampler, nearest_neighbour_table
 from training.similarity import contextual_similarity
 from training.sources import ImageSource
@@ -189,8 +189,8 @@ class Trainer:
         _prepare_out(req)
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
-        # read once from the Hub cache timm just filled, not at every epoch's package write
-        self.backbone_recipe = hub_backbone_recipe(cfg.backbone)
+        # read once (an hf-hub: backbone's timm config, from the Hub cache timm just filled)
+        self.architecture = architecture_of(cfg, student)
         if req.init_from and not req.resume:
             from stml_deploy.hub import open_package
             from stml_deploy.package import WEIGHTS_NAME
@@ -346,39 +346,31 @@ class Trainer:
             )
 
     def _write_package(self, student: EmbeddingNet, saved: Progress) -> ModelPackage:
-        training = {
-            "method": "STML (Self-Taught Metric Learning, Kim et al., CVPR 2022)",
-            "hyperparameters": self.cfg.to_dict(),
-            "data": saved.data,
-            "epochs_done": saved.epochs_done,
-            "complete": saved.epochs_done >= self.cfg.epochs,
-            "device": str(self.device),
-            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "history": saved.history,
-            "init_from": self.req.init_from,
-        }
+        training = TrainingRecord(
+            hyperparameters=self.cfg.to_dict(),
+            data=DataRecord.from_json(saved.data),
+            epochs_done=saved.epochs_done,
+            complete=saved.epochs_done >= self.cfg.epochs,
+            device=str(self.device),
+            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            history=saved.history,
+            init_from=self.req.init_from,
+        )
         metrics = {}
         if saved.history and "validation" in saved.history[-1]:
-            metrics["validation"] = saved.history[-1]["validation"]
+            metrics["validation"] = MetricsRecord(saved.history[-1]["validation"])
         return write_package(
-            self.req.out,
-            student,
-            self.cfg,
-            self.spec,
-            self.name,
-            training,
-            metrics,
-            self.backbone_recipe,
+            self.req.out, student, self.architecture, self.spec, self.name, training, metrics
         )
 
 
-def _weights_record_problem(out: Path) -> str | None:
+def _weights_record_problem(out: Path) -> PackageError | None:
     """Why config.json does not describe model.safetensors (None: it does). Other artifacts
     are not looked at: rewriting the config would drop their records."""
     try:
         ModelPackage.load(out, verify=False).verify(only=[WEIGHTS_NAME])
-    except StmlError as exc:  # unreadable config.json, or weights not the recorded ones
-        return str(exc)
+    except PackageError as exc:  # unreadable config.json, or weights not the recorded ones
+        return exc
     return None
 
 
