@@ -1,4 +1,4 @@
-"""The model package (DESIGN §2): a directory with config.json, model.safetensors, onnx/,
+"""The model package (docs/design.md §2): a directory with config.json, model.safetensors, onnx/,
 parity/ and, locally only, engines/. config.json lists every artifact with its sha256;
 loading checks them all and refuses any mismatch."""
 
@@ -24,7 +24,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def onnx_name(precision: str) -> str:
-    """Relative path of the ONNX artifact for a precision (DESIGN §2 names)."""
+    """Relative path of the ONNX artifact for a precision (docs/design.md §2 names)."""
     if precision not in PRECISIONS:
         raise StmlError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     return f"{ONNX_DIR}/model.onnx" if precision == "fp32" else f"{ONNX_DIR}/model.{precision}.onnx"
