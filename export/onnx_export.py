@@ -1,4 +1,4 @@
-"""torch -> ONNX with the exported-graph contract (DESIGN §3): uint8 NCHW RGB input `pixels`,
+"""torch -> ONNX with the exported-graph contract (docs/design.md §3): uint8 NCHW RGB input `pixels`,
 normalization inside, L2-normalized float32 `embedding`, dynamic batch, one file, preprocessing
 in metadata_props. The fp16 variant is exported from the half-precision network itself, so
 weights and compute are fp16 while the I/O types stay and the final normalize runs in fp32."""

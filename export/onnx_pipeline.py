@@ -1,5 +1,5 @@
 """`stml export --format onnx`: write the requested ONNX variants of a package, each checked
-for parity against the torch fp32 model before it takes its final name (DESIGN §3, §4)."""
+for parity against the torch fp32 model before it takes its final name (docs/design.md §3, §4)."""
 
 from __future__ import annotations
 

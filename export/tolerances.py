@@ -1,4 +1,4 @@
-"""Parity tolerances, one place for all (DESIGN §4). Tensor metrics are against torch fp32 on
+"""Parity tolerances, one place for all (docs/design.md §4). Tensor metrics are against torch fp32 on
 the golden set's real images; retrieval metrics on the parity images. Random-input metrics
 are reported, and checked with the same tolerances only for fp32 and fp16 (int8 scales are
 calibrated on real images, so noise images are outside their range by design)."""

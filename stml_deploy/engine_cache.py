@@ -1,4 +1,4 @@
-"""The TensorRT engine cache in a package's engines/ folder (DESIGN §2, §5): an engine is
+"""The TensorRT engine cache in a package's engines/ folder (docs/design.md §2, §5): an engine is
 tied to (onnx sha, GPU compute capability, TensorRT version, precision, batch profile); each
 has a JSON sidecar with that key, the engine's own sha256 and its parity outcome (only an
 engine that passed parity is ever reused or run). Used by the build (reuse or

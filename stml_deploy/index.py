@@ -1,4 +1,4 @@
-"""The gallery index (DESIGN §6): a directory with index.json (model id, dim, metric, kind,
+"""The gallery index (docs/design.md §6): a directory with index.json (model id, dim, metric, kind,
 count), vectors.npy (the unit vectors, always: exact search and rebuilds need nothing else),
 items.jsonl (id, path, optional label) and, for the HNSW kind, hnsw.faiss. Exact inner-product
 search by default, with faiss when installed and numpy otherwise. Every write goes to a

@@ -1,4 +1,4 @@
-"""Retrieval evaluation (DESIGN §7): the paper's Recall@K (a hit when any of the K nearest
+"""Retrieval evaluation (docs/design.md §7): the paper's Recall@K (a hit when any of the K nearest
 other items shares the query's label) and the Reality-Check metrics (MAP@R, R-precision,
 P@1, NMI) from pytorch-metric-learning. Embeddings are compared by cosine similarity."""
 

@@ -1,4 +1,4 @@
-"""STML losses (DESIGN §7): relaxed contrastive loss on row-mean-normalized distances and KL
+"""STML losses (docs/design.md §7): relaxed contrastive loss on row-mean-normalized distances and KL
 self-distillation from the g head to the f head."""
 
 from __future__ import annotations

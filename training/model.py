@@ -1,4 +1,4 @@
-"""The STML networks (DESIGN §7): backbone -> GAP + GMP (summed) -> linear heads f and g.
+"""The STML networks (docs/design.md §7): backbone -> GAP + GMP (summed) -> linear heads f and g.
 Pixels enter as uint8 (or float 0..255) and are normalized inside, so the exported graph takes
 the same uint8 input the edge runtime produces."""
 

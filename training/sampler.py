@@ -1,4 +1,4 @@
-"""Nearest-neighbour batch construction (DESIGN §7): each batch is `batch_size // neighbours`
+"""Nearest-neighbour batch construction (docs/design.md §7): each batch is `batch_size // neighbours`
 query images, each with its `neighbours` nearest images (itself included) in the student's g
 space, mined over the whole train set once per epoch."""
 

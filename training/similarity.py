@@ -1,4 +1,4 @@
-"""Contextualized semantic similarity (STML, DESIGN §7): the pseudo labels W of one batch,
+"""Contextualized semantic similarity (STML, docs/design.md §7): the pseudo labels W of one batch,
 computed from the teacher's embeddings with matrix operations only (no loop over the batch)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The STML training loop (DESIGN §7): per epoch, mine nearest-neighbour batches from the
+"""The STML training loop (docs/design.md §7): per epoch, mine nearest-neighbour batches from the
 student's g embeddings, then for each batch: teacher pseudo labels W, student loss, optimizer
 step, EMA teacher update. After every epoch the package and the resumable state are written."""
 
