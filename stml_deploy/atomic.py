@@ -201,7 +201,13 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = sibling_path(path, "tmp")
     tmp.mkdir()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a failed write names the folder the user knows, not tmp
+            final = _named_in_place(exc, tmp, path)
+            if final is None:
+                raise
+            raise final from None
         with open(tmp / COMPLETE_MARKER, "wb") as fh:
             os.fsync(fh.fileno())
         old = None
@@ -223,6 +229,26 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _named_in_place(exc: Exception, tmp: Path, path: Path) -> PackageError | None:
+    """`exc`, a failed write inside the temporary folder `tmp`, as a PackageError that names
+    the file where it will be once `tmp` becomes `path` (None for errors of other kinds)."""
+    if type(exc) is PackageError:  # subclasses carry more than a message: left as they are
+        where = Path(exc.path) if isinstance(exc.path, str | os.PathLike) else None
+        message = str(exc).replace(str(tmp), str(path))
+    else:
+        reason = _write_failure(exc)
+        if reason is None:
+            return None
+        named = getattr(exc, "filename", None)
+        where = Path(named) if isinstance(named, str | os.PathLike) else tmp
+        if not where.is_relative_to(tmp):  # about a file elsewhere (a source being read)
+            return None
+        message = f"cannot write {where}: {reason}".replace(str(tmp), str(path))
+    if where is not None and where.is_relative_to(tmp):
+        where = path / where.relative_to(tmp)
+    return PackageError(message, where)
 
 
 def _remove_abandoned(path: Path) -> None:
