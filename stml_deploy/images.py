@@ -3,10 +3,14 @@ EXIF orientation applied, every mode turned into 8-bit RGB, damaged files report
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,13 +28,48 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _kind(mode: int) -> str | None:
+    """What a file that is neither a regular file nor a folder is (None for those two)."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a file or folder"
+
+
+def _stat_problem(path: Path, exc: OSError) -> str:
+    """Why `path` cannot be looked at, in words (a loop is not "no such file")."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT:
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        return "no such file"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
 def list_images(root: str | os.PathLike[str]) -> list[Path]:
     """All image files under `root` (recursive, sorted, hidden folders skipped); a file path
-    is returned as itself. Raises StmlError when the path does not exist or holds no images."""
+    is returned as itself. Raises StmlError when the path cannot be read, is not a regular
+    file or folder, or holds no images."""
     root = Path(root)
-    if not root.exists():
-        raise StmlError(f"{root}: no such file or folder")
-    if root.is_file():
+    try:
+        mode = root.stat().st_mode
+    except OSError as exc:
+        problem = _stat_problem(root, exc)
+        if problem == "no such file":
+            problem = "no such file or folder"
+        raise StmlError(f"{root}: {problem}") from None
+    kind = _kind(mode)
+    if kind is not None:
+        raise StmlError(f"{root}: not a regular file or folder ({kind}); give images or a folder")
+    if stat.S_ISREG(mode):
         return [root]
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -89,29 +128,47 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Decode one image fully, upright (EXIF orientation), as 8-bit RGB.
 
-    Raises ImageLoadError naming the file for: missing, empty, not an image, truncated,
-    or larger than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)."""
+    Raises ImageLoadError naming the file for: missing, a symbolic link loop, not a regular
+    file (a FIFO is never opened for a blocking read), empty, not an image, truncated, or larger
+    than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS). Pillow's own warnings
+    (bad EXIF data, ...) become one warning line naming the file."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        reason = "a folder, not an image" if exc.errno == errno.EISDIR else None
+        raise ImageLoadError(path, reason or _stat_problem(path, exc)) from None
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        kind = _kind(info.st_mode)
+        if kind is not None:
+            raise ImageLoadError(path, f"not a regular file ({kind})")
+        if info.st_size == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
-    except ImageLoadError:
-        raise
+            image = _decode(path, fh)
+    said = list(dict.fromkeys(str(w.message).strip() for w in caught))
+    if said:
+        warn(f"{path}: {'; '.join(said)}")
+    return image
+
+
+def _decode(path: Path, fh: BinaryIO) -> Image.Image:
+    try:
+        with Image.open(fh) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(path, f"too large, refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image Pillow can identify") from None
-    except FileNotFoundError:
-        raise ImageLoadError(path, "no such file") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageLoadError(path, reason) from None
 

@@ -94,6 +94,8 @@ def folder_source(root: str | os.PathLike[str]) -> ImageSource:
     paths = list_images(root)
     found, class_names = folder_labels(root, paths)
     labels = np.array(found, dtype=np.int64) if found is not None else None
-    listing = hashlib.sha256("\n".join(str(p.relative_to(root)) for p in paths).encode())
+    # the names' bytes as the file system has them: a name that is not UTF-8 is still a name
+    # (os.fsencode gives valid UTF-8 names the same bytes as str.encode, so hashes stay put)
+    listing = hashlib.sha256(b"\n".join(os.fsencode(p.relative_to(root)) for p in paths))
     description = {"kind": "folder", "files_sha256": listing.hexdigest()}
     return ImageSource(f"folder {root}", str(root), paths, labels, class_names, description)

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from stml_deploy.atomic import atomic_directory, atomic_write_json
-from stml_deploy.errors import StmlError
+from stml_deploy.atomic import atomic_directory, atomic_write_json, disk_errors, recover_directory
+from stml_deploy.console import warn
+from stml_deploy.errors import PackageError, StmlError
 from training.config import TrainConfig
 from training.package_io import load_weights, save_weights
 
@@ -34,6 +35,15 @@ def state_dir(out: Path) -> Path:
     return out / STATE_DIR
 
 
+def _saved_state(out: Path) -> Path:
+    """The state folder to read, restored first when a kill cut its last swap in half."""
+    folder = state_dir(out)
+    restored = recover_directory(folder)
+    if restored is not None:
+        warn(f"{folder}: restored from {restored.name}, left by an interrupted save")
+    return folder
+
+
 def save_state(
     out: Path,
     student: torch.nn.Module,
@@ -45,25 +55,26 @@ def save_state(
     with atomic_directory(state_dir(out)) as tmp:
         save_weights(tmp / "student.safetensors", student)
         save_weights(tmp / "teacher.safetensors", teacher)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            tmp / "optimizer.pt",
-        )
+        with disk_errors(state_dir(out) / "optimizer.pt"):  # torch.save raises RuntimeError
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                tmp / "optimizer.pt",
+            )
         atomic_write_json(tmp / "progress.json", progress.__dict__)
 
 
 def read_progress(out: Path) -> Progress:
-    path = state_dir(out) / "progress.json"
+    path = _saved_state(out) / "progress.json"
     if not path.is_file():
-        raise StmlError(f"{out}: nothing to resume (no {STATE_DIR}/progress.json)")
+        raise PackageError(f"{out}: nothing to resume (no {STATE_DIR}/progress.json)", path)
     try:
         return Progress(**json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise StmlError(f"{path}: damaged training state ({exc})") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path}: damaged training state ({exc})", path) from None
 
 
 def load_networks(out: Path, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    folder = state_dir(out)
+    folder = _saved_state(out)
     load_weights(folder / "student.safetensors", student)
     load_weights(folder / "teacher.safetensors", teacher)
 
@@ -73,11 +84,13 @@ def load_optimization(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> None:
-    folder = state_dir(out)
+    folder = _saved_state(out)
     try:
         saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of many kinds: report, do not trace
-        raise StmlError(f"{folder / 'optimizer.pt'}: damaged training state ({exc})") from None
+        raise PackageError(
+            f"{folder / 'optimizer.pt'}: damaged training state ({exc})", folder / "optimizer.pt"
+        ) from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
 
