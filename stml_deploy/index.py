@@ -19,6 +19,7 @@ import numpy as np
 from stml_deploy.atomic import atomic_directory, atomic_write_json
 from stml_deploy.console import warn
 from stml_deploy.errors import StmlError
+from stml_deploy.neighbours import check_engine, faiss_module
 
 if TYPE_CHECKING:
     from stml_deploy.embedder import Embedder
@@ -31,18 +32,6 @@ META_NAME, VECTORS_NAME, ITEMS_NAME, HNSW_NAME = (
     "hnsw.faiss",
 )
 KINDS = ("flat", "hnsw")
-ENGINES = ("auto", "faiss", "numpy")
-
-
-def faiss_module() -> Any | None:
-    try:
-        import faiss
-    except ImportError:
-        return None
-    # faiss 1.15 switches exact search to BLAS only from 128,000 queries; from 20 queries on
-    # BLAS is 5x faster here (100 queries over 100k x 128: 3,200 instead of 630 queries/s)
-    faiss.cvar.distance_compute_blas_threshold = 20
-    return faiss
 
 
 def check_kind(kind: str) -> None:
@@ -50,13 +39,6 @@ def check_kind(kind: str) -> None:
         raise StmlError(f"unknown index kind {kind!r}; one of {', '.join(KINDS)}")
     if kind == "hnsw" and faiss_module() is None:
         raise StmlError("an HNSW index needs faiss: pip install 'stml[index]'")
-
-
-def check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise StmlError(f"unknown search engine {engine!r}; one of {', '.join(ENGINES)}")
-    if engine == "faiss" and faiss_module() is None:
-        raise StmlError("--engine faiss: faiss is not installed (pip install 'stml[index]')")
 
 
 def _check_meta(root: Path, meta: Any) -> None:
