@@ -109,42 +109,29 @@ def test_unit_rows() -> None:
     assert unit(x).dtype == np.float32 and unit(x, np.float64).dtype == np.float64
 
 
-def test_pins_the_four_old_implementations() -> None:
-    """Before they are deleted: index.exact_search_numpy, parity_metrics.neighbours,
-    evaluate.nearest_others, sampler.nearest_neighbour_table against the new function."""
-    from stml_deploy.index import exact_search_numpy
-    from stml_deploy.parity_metrics import neighbours as parity_neighbours
-    from training.evaluate import nearest_others
+def test_the_callers_get_the_brute_force_neighbours() -> None:
+    """What were four copies (the index's exact search, parity's neighbours, evaluation's
+    nearest others, the sampler's table) now all give the definition's neighbours, ties too."""
+    from stml_deploy.index import GalleryIndex
+    from stml_deploy.parity_metrics import hits_at_1, topk_overlap
+    from training.evaluate import recall_at_k
     from training.sampler import nearest_neighbour_table
 
-    x, _ = digits_embeddings()
-    unit_x = unit(x)
-    queries, base = unit_x[:200], unit_x[200:]
-    old_scores, old = exact_search_numpy(base, queries, 10, chunk=333)
-    new = nearest(queries, base, 10, "ip")
-    assert np.array_equal(old, new.indices) and np.allclose(old_scores, new.scores, atol=1e-5)
-    new_others = nearest(x, x, 10, "cosine", exclude_self=True).indices
-    assert np.array_equal(parity_neighbours(x, 10), new_others)
-    assert np.array_equal(nearest_others(x, 10), new_others)
-    table = nearest_neighbour_table(x, 5)
-    new_table = np.concatenate(
-        [np.arange(len(x))[:, None], nearest(x, x, 4, "l2", exclude_self=True).indices], axis=1
-    )
-    assert np.array_equal(table, new_table)
-    # ties: the old functions order tied rows arbitrarily, so the keys must agree
-    t = tied_vectors()
-    for old_rows, metric, exclude_self in (
-        (exact_search_numpy(t, t, 10)[1], "ip", False),
-        (nearest_others(t, 10), "cosine", True),
-        (parity_neighbours(t, 10), "cosine", True),
-        (nearest_neighbour_table(t, 11)[:, 1:], "l2", True),
-    ):
-        new_rows = nearest(t, t, 10, metric, exclude_self).indices
-        q = unit(t, np.float64) if metric == "cosine" else t.astype(np.float64)
-        assert np.allclose(keys_of(q, old_rows, metric), keys_of(q, new_rows, metric)), metric
-
-
-def keys_of(x: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "l2":
-        return -((x[:, None, :] - x[rows]) ** 2).sum(-1)
-    return np.einsum("qd,qkd->qk", x, x[rows])
+    digits, labels = digits_embeddings()
+    for x in (digits, tied_vectors()):
+        table = nearest_neighbour_table(x, 5)  # itself first, then by L2 on the raw vectors
+        assert np.array_equal(table[:, 0], np.arange(len(x)))
+        assert np.array_equal(table[:, 1:], brute_force(x, x, 4, "l2", True))
+    others = brute_force(digits, digits, 8, "cosine", True)
+    assert recall_at_k(digits, labels, (1, 8)) == {
+        "recall_at_1": float((labels[others[:, 0]] == labels).mean()),
+        "recall_at_8": float((labels[others] == labels[:, None]).any(axis=1).mean()),
+    }
+    assert np.array_equal(hits_at_1(digits, labels), labels[others[:, 0]] == labels)
+    assert topk_overlap(digits, digits * 3.0, 10) == 1.0  # cosine: the scale does not matter
+    model = {"name": "m", "weights_sha256": "0" * 64, "package": "-", "embedding_dim": 16}
+    gallery = unit(digits)
+    index = GalleryIndex.create(model, gallery[100:], [str(i) for i in range(100, len(digits))])
+    for engine in ("faiss", "numpy"):
+        found = index.search(gallery[:100], 10, engine).indices
+        assert overlap(found, brute_force(gallery[:100], gallery[100:], 10, "ip", False)) > 0.999
