@@ -1,7 +1,8 @@
 """Exact nearest neighbours, one implementation for the whole project (the index's exact
 search, the parity checks' neighbour agreement, evaluation's Recall@K, the training sampler's
 neighbour table), with faiss when installed and numpy otherwise: both give the same
-neighbours, ties broken by the lower row index. Also what is measured on neighbours: unit
+neighbours, exact ties broken by the lower row index (their BLAS may round two near-equal
+scores apart differently, nothing more). Also what is measured on neighbours: unit
 normalization, neighbour overlap, label hits (Recall@K). Torch-free."""
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ the query's own row; overlap and label hits on real embeddings (digits pixels, p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -135,3 +137,33 @@ def test_the_callers_get_the_brute_force_neighbours() -> None:
     for engine in ("faiss", "numpy"):
         found = index.search(gallery[:100], 10, engine).indices
         assert overlap(found, brute_force(gallery[:100], gallery[100:], 10, "ip", False)) > 0.999
+
+
+def test_without_faiss_installed_numpy_serves(tmp_path: Path) -> None:
+    """Where faiss cannot be imported, search, evaluation and the sampler still run (numpy)."""
+    import subprocess
+    import sys
+
+    from training.evaluate import recall_at_k
+
+    x = tied_vectors()
+    digits, labels = digits_embeddings()
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "digits.npz", x=digits, y=labels)
+    code = (
+        "import sys, numpy as np; sys.modules['faiss'] = None\n"
+        "from stml_deploy.neighbours import faiss_module\n"
+        "from training.evaluate import recall_at_k\n"
+        "from training.sampler import nearest_neighbour_table\n"
+        "assert faiss_module() is None\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "np.save(sys.argv[1], nearest_neighbour_table(x, 5))\n"
+        f"d = np.load({str(tmp_path / 'digits.npz')!r})\n"
+        "print(recall_at_k(d['x'], d['y'], (1, 4))['recall_at_4'])\n"
+    )
+    out = tmp_path / "table.npy"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True
+    )
+    assert np.array_equal(np.load(out)[:, 1:], brute_force(x, x, 4, "l2", True))
+    assert float(done.stdout) == recall_at_k(digits, labels, (1, 4))["recall_at_4"]  # with faiss
