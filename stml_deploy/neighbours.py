@@ -144,10 +144,10 @@ def _top_of(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest keys of each row and their columns, ties broken by the lower column."""
     n = keys.shape[1]
     if k < n:
-        top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        top = np.argpartition(keys, n - k, axis=1)[:, n - k :]
         kth = np.take_along_axis(keys, top, axis=1).min(axis=1, keepdims=True)
         # argpartition picks any of the columns tied with the k-th: take the lowest instead
-        for r in np.flatnonzero((keys >= kth).sum(axis=1) > k):
+        for r in np.flatnonzero(np.count_nonzero(keys >= kth, axis=1) > k):
             above = np.flatnonzero(keys[r] > kth[r])
             level = np.flatnonzero(keys[r] == kth[r])[: k - len(above)]
             top[r] = np.concatenate([above, level])
