@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/search.py [--sizes 100000,1000000] [--dims 128,512] [--hnsw 100000x128,100000x512]
 
 Random unit vectors (the hardest case for approximate search: no cluster structure), a batch
-of 100 queries, k = 10. Exact: faiss (faiss.knn, inner product, BLAS from 20 queries as stml sets it) vs numpy (chunked matmul +
-argpartition, stml_deploy.index.exact_search_numpy). HNSW (faiss IndexHNSWFlat, M 32,
+of 100 queries, k = 10. Exact: stml_deploy.neighbours.nearest with faiss (faiss.knn, inner product, BLAS from 20
+queries as stml sets it) vs with numpy (matmul + argpartition over blocks of queries). HNSW (faiss IndexHNSWFlat, M 32,
 efConstruction 200, efSearch 128, as stml's --kind hnsw): build time, recall@10 against exact
 and speed-up over faiss exact."""
 
@@ -17,24 +17,22 @@ import time
 import faiss
 import numpy as np
 
-from stml_deploy.index import GalleryIndex, exact_search_numpy, faiss_module
+from stml_deploy.index import GalleryIndex
+from stml_deploy.neighbours import nearest, overlap, unit
 
 
-def unit(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+def random_unit(n: int, d: int, seed: int) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32))
 
 
 def clustered(n: int, d: int, seed: int, clusters: int = 1000, spread: float = 0.35) -> np.ndarray:
     """Unit vectors around `clusters` random centres: closer to how real embeddings lie."""
     rng = np.random.default_rng(seed)
-    centres = unit(clusters, d, seed + 100)
+    centres = random_unit(clusters, d, seed + 100)
     x = centres[rng.integers(0, clusters, size=n)] + rng.standard_normal(
         (n, d), dtype=np.float32
     ) * (spread / np.sqrt(d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+    return unit(x)
 
 
 def best_of(fn, repeats: int = 3) -> tuple[float, object]:
@@ -71,14 +69,12 @@ def main() -> None:
     hnsw_rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         for d in (int(s) for s in args.dims.split(",")):
-            gallery, queries = unit(n, d, 0), unit(args.queries, d, 1)
-            t_faiss, (_, found_faiss) = best_of(
-                lambda g=gallery, q=queries: faiss_module().knn(
-                    q, g, 10, metric=faiss.METRIC_INNER_PRODUCT
-                )
+            gallery, queries = random_unit(n, d, 0), random_unit(args.queries, d, 1)
+            t_faiss, found_faiss = best_of(
+                lambda g=gallery, q=queries: nearest(q, g, 10, engine="faiss").indices
             )
-            t_numpy, (_, found_numpy) = best_of(
-                lambda g=gallery, q=queries: exact_search_numpy(g, q, 10)
+            t_numpy, found_numpy = best_of(
+                lambda g=gallery, q=queries: nearest(q, g, 10, engine="numpy").indices
             )
             same = float(np.mean(found_faiss == found_numpy))
             exact_speed[(n, d)] = args.queries / t_faiss
@@ -97,12 +93,7 @@ def main() -> None:
                 index = GalleryIndex.create(model, gallery, [str(i) for i in range(n)], kind="hnsw")
                 build = time.perf_counter() - started
                 t_hnsw, result = best_of(lambda ix=index, q=queries: ix.search(q, 10))
-                recall = np.mean(
-                    [
-                        len(set(a) & set(b)) / 10
-                        for a, b in zip(result.indices, found_faiss, strict=True)
-                    ]
-                )
+                recall = overlap(result.indices, found_faiss)
                 hnsw_rows.append(
                     f"| {n:,} | {d} | {build:.0f} | {recall:.3f} | {args.queries / t_hnsw:,.0f} | {t_faiss / t_hnsw:.1f}x |"
                 )
@@ -123,19 +114,15 @@ def main() -> None:
         n, d = (int(v) for v in item.split("x"))
         both = clustered(n + args.queries, d, 2)
         gallery, queries = both[:n], both[n:]
-        t_faiss, (_, truth) = best_of(
-            lambda g=gallery, q=queries: faiss_module().knn(
-                q, g, 10, metric=faiss.METRIC_INNER_PRODUCT
-            )
+        t_faiss, truth = best_of(
+            lambda g=gallery, q=queries: nearest(q, g, 10, engine="faiss").indices
         )
         model = {"name": "bench", "weights_sha256": "0" * 64, "package": "-", "embedding_dim": d}
         started = time.perf_counter()
         index = GalleryIndex.create(model, gallery, [str(i) for i in range(n)], kind="hnsw")
         build = time.perf_counter() - started
         t_hnsw, result = best_of(lambda ix=index, q=queries: ix.search(q, 10))
-        recall = np.mean(
-            [len(set(a) & set(b)) / 10 for a, b in zip(result.indices, truth, strict=True)]
-        )
+        recall = overlap(result.indices, truth)
         print(
             f"| {n:,} | {d} | {build:.0f} | {recall:.3f} | {args.queries / t_hnsw:,.0f} | {t_faiss / t_hnsw:.1f}x |",
             flush=True,

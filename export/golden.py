@@ -13,9 +13,9 @@ import numpy as np
 from stml_deploy.atomic import atomic_write_bytes
 from stml_deploy.console import progress
 from stml_deploy.errors import StmlError
-from stml_deploy.images import iter_readable
 from stml_deploy.parity_files import RANDOM, REAL
 from stml_deploy.preprocess import PreprocessSpec, preprocess_image
+from stml_deploy.skipping import SkipPolicy
 from training.sources import ImageSource
 
 
@@ -35,20 +35,15 @@ def preprocess_source(
     arrays, labels, items = [], [], []
     with progress() as bar:
         task = bar.add_task(what, total=len(chosen))
-        if chosen.is_files:
-            for position, path, img in iter_readable(chosen.items):
-                arrays.append(preprocess_image(img, spec))
-                items.append(str(path))
-                if chosen.labels is not None:
-                    labels.append(chosen.labels[position])
-                bar.update(task, completed=position + 1)
-        else:
-            for i in range(len(chosen)):
-                arrays.append(preprocess_image(chosen.load(i), spec))
-                items.append(chosen.item_id(i))
-                if chosen.labels is not None:
-                    labels.append(chosen.labels[i])
-                bar.advance(task)
+        readable = SkipPolicy().readable(
+            range(len(chosen)), lambda i: preprocess_image(chosen.load(i), spec)
+        )
+        for i, pixels in readable:
+            arrays.append(pixels)
+            items.append(chosen.item_id(i))
+            if chosen.labels is not None:
+                labels.append(chosen.labels[i])
+            bar.update(task, completed=i + 1)
     if not arrays:
         raise StmlError(f"{source.root}: no readable images")
     return ImageSet(np.stack(arrays), np.array(labels) if labels else None, items)

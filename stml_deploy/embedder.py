@@ -14,11 +14,12 @@ import numpy as np
 from PIL import Image
 
 from stml_deploy.backends import Backend, open_backend
-from stml_deploy.console import progress, warn
-from stml_deploy.errors import ImageLoadError, StmlError
+from stml_deploy.console import progress
+from stml_deploy.errors import StmlError
 from stml_deploy.images import load_rgb
 from stml_deploy.package import ModelPackage
 from stml_deploy.preprocess import preprocess_image, stack_batch
+from stml_deploy.skipping import SkipPolicy
 
 
 @dataclass
@@ -99,11 +100,8 @@ class Embedder:
             stack_batch([preprocess_image(img.convert("RGB"), self.spec) for img in images])
         )
 
-    def _prepare(self, path: Path) -> np.ndarray | ImageLoadError:
-        try:
-            return preprocess_image(load_rgb(path), self.spec)
-        except ImageLoadError as exc:
-            return exc
+    def _prepare(self, path: Path) -> np.ndarray:
+        return preprocess_image(load_rgb(path), self.spec)
 
     def embed_paths(
         self,
@@ -115,7 +113,7 @@ class Embedder:
         paths = [Path(p) for p in paths]
         rows: list[np.ndarray] = []
         items: list[str] = []
-        skipped: list[tuple[str, str]] = []
+        unreadable = SkipPolicy(strict)
         workers = min(4, os.cpu_count() or 1)
         with (
             ThreadPoolExecutor(max_workers=workers) as pool,
@@ -124,22 +122,13 @@ class Embedder:
             task = bar.add_task(description, total=len(paths), visible=show_progress)
             for start in range(0, len(paths), self.batch_size):
                 chunk = paths[start : start + self.batch_size]
-                arrays, names = [], []
-                for path, prepared in zip(chunk, pool.map(self._prepare, chunk), strict=True):
-                    if isinstance(prepared, ImageLoadError):
-                        if strict:
-                            raise prepared
-                        warn(f"skipped {prepared.path}: {prepared.reason}")
-                        skipped.append((str(path), prepared.reason))
-                    else:
-                        arrays.append(prepared)
-                        names.append(str(path))
-                if arrays:
-                    rows.append(self.embed_pixels(stack_batch(arrays)))
-                    items += names
+                kept = list(unreadable.readable(chunk, self._prepare, pool.map))
+                if kept:
+                    rows.append(self.embed_pixels(stack_batch([pixels for _, pixels in kept])))
+                    items += [str(chunk[position]) for position, _ in kept]
                 bar.advance(task, len(chunk))
         vectors = np.concatenate(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
-        return Embeddings(vectors, items, skipped)
+        return Embeddings(vectors, items, unreadable.skipped)
 
     def close(self) -> None:
         self.backend.close()

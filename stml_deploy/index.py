@@ -1,8 +1,10 @@
 """The gallery index (docs/design.md §6): a directory with index.json (model id, dim, metric, kind,
 count), vectors.npy (the unit vectors, always: exact search and rebuilds need nothing else),
-items.jsonl (id, path, optional label) and, for the HNSW kind, hnsw.faiss. Exact inner-product
-search by default, with faiss when installed and numpy otherwise. Every write goes to a
-temporary sibling directory that replaces the index in one step."""
+items.jsonl (id, path, optional label) and, for the HNSW kind, hnsw.faiss. This file holds the
+index and its storage; the HNSW graph is in index_hnsw.py, the measures of its search in
+index_quality.py and the exact inner-product search (faiss when installed, numpy otherwise) in
+neighbours.py. Every write goes to a temporary sibling directory that replaces the index in
+one step."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stml_deploy import index_hnsw, index_quality
 from stml_deploy.atomic import atomic_directory, atomic_write_json
 from stml_deploy.console import warn
 from stml_deploy.errors import StmlError
+from stml_deploy.neighbours import SearchResult, check_engine, faiss_module, nearest
 
 if TYPE_CHECKING:
     from stml_deploy.embedder import Embedder
@@ -31,18 +35,6 @@ META_NAME, VECTORS_NAME, ITEMS_NAME, HNSW_NAME = (
     "hnsw.faiss",
 )
 KINDS = ("flat", "hnsw")
-ENGINES = ("auto", "faiss", "numpy")
-
-
-def faiss_module() -> Any | None:
-    try:
-        import faiss
-    except ImportError:
-        return None
-    # faiss 1.15 switches exact search to BLAS only from 128,000 queries; from 20 queries on
-    # BLAS is 5x faster here (100 queries over 100k x 128: 3,200 instead of 630 queries/s)
-    faiss.cvar.distance_compute_blas_threshold = 20
-    return faiss
 
 
 def check_kind(kind: str) -> None:
@@ -50,13 +42,6 @@ def check_kind(kind: str) -> None:
         raise StmlError(f"unknown index kind {kind!r}; one of {', '.join(KINDS)}")
     if kind == "hnsw" and faiss_module() is None:
         raise StmlError("an HNSW index needs faiss: pip install 'stml[index]'")
-
-
-def check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise StmlError(f"unknown search engine {engine!r}; one of {', '.join(ENGINES)}")
-    if engine == "faiss" and faiss_module() is None:
-        raise StmlError("--engine faiss: faiss is not installed (pip install 'stml[index]')")
 
 
 def _check_meta(root: Path, meta: Any) -> None:
@@ -75,12 +60,6 @@ def _check_meta(root: Path, meta: Any) -> None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class SearchResult:
-    scores: np.ndarray  # float32 [Q, k], cosine similarity, best first
-    indices: np.ndarray  # int64 [Q, k] rows of the index
 
 
 @dataclass
@@ -168,7 +147,7 @@ class GalleryIndex:
                 for item in self.items:
                     fh.write(json.dumps(item) + "\n")
             if self.kind == "hnsw":
-                faiss_module().write_index(self._hnsw_index(), str(tmp / HNSW_NAME))
+                index_hnsw.write(self._hnsw_index(), tmp / HNSW_NAME)
             atomic_write_json(tmp / META_NAME, self.meta)
         self.root = root
 
@@ -202,14 +181,7 @@ class GalleryIndex:
             )
         index = cls(meta, vectors, items, root)
         if index.kind == "hnsw" and faiss_module() is not None:
-            try:
-                index._hnsw = faiss_module().read_index(str(root / HNSW_NAME))
-            except RuntimeError as exc:
-                raise StmlError(f"{root}: damaged HNSW file ({exc})") from None
-            if index._hnsw.ntotal != count:
-                raise StmlError(
-                    f"{root}: damaged index (HNSW holds {index._hnsw.ntotal} vectors, not {count})"
-                )
+            index._hnsw = index_hnsw.read(root / HNSW_NAME, count)
         return index
 
     # --- properties ---------------------------------------------------------------------
@@ -241,12 +213,7 @@ class GalleryIndex:
 
     def _hnsw_index(self) -> Any:
         if self._hnsw is None:
-            faiss = faiss_module()
-            params = self.meta["hnsw"]
-            self._hnsw = faiss.IndexHNSWFlat(self.dim, params["M"], faiss.METRIC_INNER_PRODUCT)
-            self._hnsw.hnsw.efConstruction = params["ef_construction"]
-            if len(self.vectors):
-                self._hnsw.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
+            self._hnsw = index_hnsw.build(self.vectors, self.dim, self.meta["hnsw"])
         return self._hnsw
 
     # --- search -------------------------------------------------------------------------
@@ -298,60 +265,22 @@ class GalleryIndex:
             raise StmlError(
                 f"queries of shape {list(queries.shape)} do not fit an index of dim {self.dim}"
             )
-        k = min(k, self.count)
-        faiss = faiss_module() if engine != "numpy" else None
-        if self.kind == "hnsw" and faiss is not None:
-            hnsw = self._hnsw_index()
-            hnsw.hnsw.efSearch = max(self.meta["hnsw"]["ef_search"], k)
-            scores, indices = hnsw.search(queries, k)
-            if (indices < 0).any():  # HNSW found fewer than k: pad with the best found (rare)
-                indices = np.where(indices < 0, indices[:, :1], indices)
-                scores = np.where(np.isfinite(scores), scores, scores[:, :1])
-        elif faiss is not None:
-            scores, indices = faiss.knn(
-                queries, np.ascontiguousarray(self.vectors), k, metric=faiss.METRIC_INNER_PRODUCT
-            )
-        else:
-            if self.kind == "hnsw":
-                warn("faiss is not installed: searching this HNSW index exactly with numpy")
-            scores, indices = exact_search_numpy(np.asarray(self.vectors), queries, k)
-        return SearchResult(scores.astype(np.float32), indices.astype(np.int64))
+        if self.kind == "hnsw" and engine != "numpy" and faiss_module() is not None:
+            k = min(k, self.count)
+            return index_hnsw.search(self._hnsw_index(), queries, k, self.meta["hnsw"]["ef_search"])
+        if self.kind == "hnsw" and faiss_module() is None:
+            warn("faiss is not installed: searching this HNSW index exactly with numpy")
+        return nearest(queries, self.vectors, k, "ip", engine=engine)
 
+    # --- measures of the search (index_quality.py) ----------------------------------------
     def self_retrieval(self, engine: str = "auto", batch: int = 4096) -> float:
-        """Fraction of gallery items whose nearest neighbour is themselves."""
-        hits = 0
-        for start in range(0, self.count, batch):
-            part = np.asarray(self.vectors[start : start + batch])
-            found = self.search(part, 1, engine).indices[:, 0]
-            hits += int((found == np.arange(start, start + len(part))).sum())
-        return hits / max(self.count, 1)
+        return index_quality.self_retrieval(self, engine, batch)
 
     def ann_recall(self, k: int = 10, sample: int = 500, seed: int = 0) -> float:
-        """Recall@k of this HNSW index against exact search, gallery items as queries."""
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(self.count, size=min(sample, self.count), replace=False))
-        queries = np.asarray(self.vectors[rows])
-        approx = self.search(queries, k).indices
-        exact = exact_search_numpy(np.asarray(self.vectors), queries, min(k, self.count))[1]
-        return float(
-            np.mean(
-                [len(set(a) & set(b)) / exact.shape[1] for a, b in zip(approx, exact, strict=True)]
-            )
-        )
+        return index_quality.ann_recall(self, k, sample, seed)
 
     def leave_one_out_recall_at_1(self, engine: str = "auto", batch: int = 4096) -> float | None:
-        """Recall@1 over the gallery, each item querying all others (needs labels)."""
-        labels = np.array([-1 if i["label"] is None else i["label"] for i in self.items])
-        if (labels < 0).any() or self.count < 2:
-            return None
-        hits = 0
-        for start in range(0, self.count, batch):
-            part = np.asarray(self.vectors[start : start + batch])
-            found = self.search(part, 2, engine).indices
-            own = np.arange(start, start + len(part))
-            nearest = np.where(found[:, 0] == own, found[:, 1], found[:, 0])
-            hits += int((labels[nearest] == labels[own]).sum())
-        return hits / self.count
+        return index_quality.leave_one_out_recall_at_1(self, engine, batch)
 
 
 def check_index_target(root: Path) -> None:
@@ -365,27 +294,3 @@ def check_index_target(root: Path) -> None:
         raise StmlError(
             f"{root}: exists and is not a gallery index; choose another --out (nothing was written)"
         )
-
-
-def exact_search_numpy(
-    vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 65536
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k inner products, the gallery scanned in chunks (bounded memory), results merged."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_index = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        scores = queries @ np.asarray(vectors[start : start + chunk], dtype=np.float32).T
-        take = min(k, scores.shape[1])
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        best_scores = np.concatenate(
-            [best_scores, np.take_along_axis(scores, part, axis=1)], axis=1
-        )
-        best_index = np.concatenate([best_index, part + start], axis=1)
-        if best_scores.shape[1] > k:
-            keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
-            best_scores = np.take_along_axis(best_scores, keep, axis=1)
-            best_index = np.take_along_axis(best_index, keep, axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(
-        best_index, order, axis=1
-    )

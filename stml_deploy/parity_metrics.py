@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from stml_deploy.neighbours import hits_at_k, nearest, overlap, unit
 
 
 def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    cos = (unit(out) * unit(ref)).sum(axis=1)
+    cos = (unit(out, np.float64) * unit(ref, np.float64)).sum(axis=1)
     return {
         "max_abs_error": float(np.abs(out.astype(np.float64) - ref).max()),
         "cosine_min": float(cos.min()),
@@ -20,30 +17,18 @@ def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     }
 
 
-def neighbours(emb: np.ndarray, k: int) -> np.ndarray:
-    """[N, k] most cosine-similar other rows (self excluded), exact."""
-    x = unit(emb)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    k = min(k, len(x) - 1)
-    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(sim, part, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(part, order, axis=1)
+def _others(emb: np.ndarray, k: int) -> np.ndarray:
+    return nearest(emb, emb, k, "cosine", exclude_self=True).indices
 
 
 def topk_overlap(emb: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
     """Mean fraction of each item's k nearest neighbours shared with the reference's."""
-    a, b = neighbours(emb, k), neighbours(ref, k)
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+    return overlap(_others(emb, k), _others(ref, k))
 
 
 def hits_at_1(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per query: does its nearest other item share its label (bool [N])."""
-    return labels[neighbours(emb, 1)[:, 0]] == labels
-
-
-def recall_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
-    return float(hits_at_1(emb, labels).mean())
+    return hits_at_k(_others(emb, 1), labels, 1)
 
 
 def recall_change_text(drop: float | None) -> str:

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from stml_deploy.errors import StmlError
-from stml_deploy.index import GalleryIndex, exact_search_numpy
+from stml_deploy.index import GalleryIndex
+from stml_deploy.neighbours import overlap
 from tests.conftest import one_line_error, run_cli
 
 MODEL = {
@@ -40,8 +41,6 @@ def test_faiss_and_numpy_exact_search_agree() -> None:
     assert np.allclose(a.scores, b.scores, atol=1e-5)
     brute = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
     assert np.array_equal(a.indices, brute)
-    _, found = exact_search_numpy(gallery, queries, 10, chunk=777)  # merging across chunks
-    assert np.array_equal(found, brute)
 
 
 def test_hnsw_recall_against_exact() -> None:
@@ -53,8 +52,9 @@ def test_hnsw_recall_against_exact() -> None:
         {**MODEL, "embedding_dim": 32}, gallery, [str(i) for i in range(3000)], kind="hnsw"
     )
     truth, got = exact.search(queries, 10).indices, hnsw.search(queries, 10).indices
-    recall = np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth, got, strict=True)])
-    assert recall > 0.9
+    assert overlap(got, truth) > 0.9
+    assert 0.9 < hnsw.ann_recall(10, sample=200) <= 1.0
+    assert exact.ann_recall(10, sample=200) == 1.0  # a flat index searches exactly
 
 
 def test_save_load_round_trip_and_damage(tmp_path: Path) -> None:
@@ -255,3 +255,26 @@ def test_python_api_searches_images_with_the_index_model(
         index.meta["model"]["weights_sha256"] = "0" * 64  # as if built with another model
         with pytest.raises(StmlError, match="package is not the model this index was built with"):
             index.search_images(embedder, queries)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_leave_one_out_recall_at_1_is_the_evaluation_recall(kind: str) -> None:
+    """The index's Recall@1, evaluation's and parity's are one measure: equal on real data."""
+    from sklearn.datasets import load_digits
+
+    from stml_deploy.parity_metrics import hits_at_1
+    from training.evaluate import recall_at_k
+
+    digits = load_digits()
+    x = digits.data.astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = digits.target
+    index = GalleryIndex.create(
+        {**MODEL, "embedding_dim": 64}, x, [str(i) for i in range(len(x))], list(labels), kind=kind
+    )
+    expected = recall_at_k(x, labels, (1,))["recall_at_1"]
+    assert expected == float(hits_at_1(x, labels).mean())
+    assert 0.9 < expected < 1.0
+    measured = index.leave_one_out_recall_at_1(batch=500)  # across batches
+    assert measured == expected if kind == "flat" else abs(measured - expected) < 0.01
+    assert index.self_retrieval() > 0.99  # digits has a few duplicated images

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from stml_deploy.console import progress, warn
+from stml_deploy.console import progress
 from stml_deploy.errors import ImageLoadError
 from stml_deploy.preprocess import PreprocessSpec
+from stml_deploy.skipping import SkipPolicy
 from training.loaders import eval_loader
 from training.sources import ImageSource
 
@@ -40,19 +41,15 @@ def embed_source(
     """Apply `fn` (uint8 pixels on `device` -> [B, dim]) to every readable item."""
     chunks: list[np.ndarray] = []
     kept: list[np.ndarray] = []
-    skipped: list[tuple[str, str]] = []
+    unreadable = SkipPolicy(strict)
     loader = eval_loader(source, spec, batch_size, workers)
     with progress() as bar:
         task = bar.add_task(description, total=len(source))
         for pixels, indices, errors in loader:
             ok = torch.tensor([not e for e in errors], dtype=torch.bool)
             for index, error in zip(indices.tolist(), errors, strict=True):
-                if error:
-                    item = source.item_id(index)
-                    if strict:
-                        raise ImageLoadError(item, error)
-                    warn(f"skipped {item}: {error}")
-                    skipped.append((item, error))
+                if error:  # the loader's workers read the images and report failures as text
+                    unreadable.skip(ImageLoadError(source.item_id(index), error))
             if ok.any():
                 out = fn(pixels[ok].to(device, non_blocking=True))
                 chunks.append(out.float().cpu().numpy())
@@ -60,4 +57,6 @@ def embed_source(
             bar.advance(task, len(indices))
     if not chunks:
         raise ImageLoadError(source.root, "none of the images could be read")
-    return Embedded(np.concatenate(chunks), np.concatenate(kept).astype(np.int64), skipped)
+    return Embedded(
+        np.concatenate(chunks), np.concatenate(kept).astype(np.int64), unreadable.skipped
+    )

@@ -9,29 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from stml_deploy.errors import StmlError
+from stml_deploy.neighbours import hits_at_k, nearest, unit
 
 DEFAULT_KS = (1, 2, 4, 8)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def nearest_others(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """[N, k] indices of each row's k most similar other rows (the query itself excluded)."""
-    import faiss
-
-    x = _unit(embeddings)
-    n = x.shape[0]
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    _, found = index.search(x, min(k + 1, n))
-    out = np.empty((n, min(k, n - 1)), dtype=np.int64)
-    for i in range(n):  # drop the query wherever it ranks (ties with duplicates)
-        row = found[i][found[i] != i]
-        out[i] = row[: out.shape[1]]
-    return out
 
 
 def recall_at_k(
@@ -39,9 +19,8 @@ def recall_at_k(
 ) -> dict[str, float]:
     if len(labels) < 2:
         raise StmlError("Recall@K needs at least 2 labelled images")
-    neighbours = nearest_others(embeddings, max(ks))
-    hits = labels[neighbours] == labels[:, None]
-    return {f"recall_at_{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    found = nearest(embeddings, embeddings, max(ks), "cosine", exclude_self=True).indices
+    return {f"recall_at_{k}": float(hits_at_k(found, labels, k).mean()) for k in ks}
 
 
 def retrieval_metrics(
@@ -58,7 +37,7 @@ def retrieval_metrics(
     include = ["mean_average_precision_at_r", "r_precision", "precision_at_1"]
     if with_nmi:
         include.append("NMI")
-    x = torch.from_numpy(_unit(embeddings))
+    x = torch.from_numpy(unit(embeddings))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     calculator = AccuracyCalculator(include=tuple(include), k="max_bin_count", device=x.device)
     accuracy = calculator.get_accuracy(x, y, x, y, ref_includes_query=True)

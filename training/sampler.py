@@ -9,23 +9,16 @@ from collections.abc import Iterator
 import numpy as np
 
 from stml_deploy.errors import StmlError
+from stml_deploy.neighbours import nearest
 
 
 def nearest_neighbour_table(embeddings: np.ndarray, neighbours: int) -> np.ndarray:
-    """[M, neighbours] indices: row i starts with i, then its nearest others (exact L2, faiss)."""
-    import faiss
-
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    m = x.shape[0]
-    k = min(neighbours + 1, m)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, found = index.search(x, k)
-    table = np.empty((m, min(neighbours, m)), dtype=np.int64)
-    for i in range(m):  # put i first even when an exact duplicate ranks level with it
-        others = [j for j in found[i] if j != i and j >= 0]
-        table[i] = ([i, *others])[: table.shape[1]]
-    return table
+    """[M, neighbours] indices: row i is i, then its nearest others by exact L2 on the raw
+    embeddings. Ties go to the lower index, so the table is the same run after run (what
+    --resume relies on); faiss and numpy differ at most where rounding splits near-ties."""
+    m = len(embeddings)
+    others = nearest(embeddings, embeddings, min(neighbours, m) - 1, "l2", exclude_self=True)
+    return np.concatenate([np.arange(m, dtype=np.int64)[:, None], others.indices], axis=1)
 
 
 class NeighbourBatchSampler:
