@@ -126,7 +126,7 @@ def tensorrt_library_problem(rt: Any) -> str | None:
             errors.append(str(exc))
     return (
         f"its TensorRT provider needs {name} (TensorRT {major}), which does not load "
-        f"here ({errors[0]}); pip install 'stml[gpu-tensorrt]'"
+        f"here ({errors[0]}); pip install 'stml[gpu-tensorrt]' (on a Jetson: JetPack's TensorRT)"
     )
 
 

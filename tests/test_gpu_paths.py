@@ -222,3 +222,20 @@ def test_amp_auto_on_this_gpu() -> None:  # pragma: no cover - GPU only
     native = torch.cuda.get_device_capability()[0] >= 8
     expected = torch.bfloat16 if native else torch.float16
     assert resolve_amp("auto", torch.device("cuda")) == expected
+
+
+def test_gpu_check_without_a_gpu_exits_2_with_one_line() -> None:
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: make gpu-check runs for real")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], cwd=root, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: no CUDA GPU here")
