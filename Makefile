@@ -9,7 +9,7 @@ STAMP := $(VENV)/.stml-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 EXTRAS := train,export,cpu,index,dev
 
-.PHONY: demo test lint format bench setup data clean
+.PHONY: demo test lint format bench setup data clean gpu-check
 
 setup: $(STAMP) data
 
@@ -41,6 +41,13 @@ bench: setup
 	$(BIN)/python benchmarks/pseudo_labels.py
 	$(BIN)/python benchmarks/exported_variants.py --package runs/demo/model --resnet18
 	$(BIN)/python benchmarks/search.py
+
+# On a machine with an NVIDIA GPU, offline: no `setup` (it would reach for the registries); it
+# runs with .venv's Python when there is one, else $(PYTHON). One JSON summary on stdout;
+# exit 2 with one line where there is no GPU. See docs/gpu.md for the wheels to carry.
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

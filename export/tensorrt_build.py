@@ -23,7 +23,7 @@ from stml_deploy.atomic import (
     atomic_write_json,
     sibling_path,
 )
-from stml_deploy.console import info
+from stml_deploy.console import info, warn
 from stml_deploy.cuda_device import CudaDevice, current_device
 from stml_deploy.engine_cache import (
     CacheMiss,
@@ -106,11 +106,27 @@ def build_engine(
     item = tuple(tensor.shape)[1:]
     low, opt, high = profile
     shapes = builder.create_optimization_profile()
-    shapes.set_shape(tensor.name, (low, *item), (opt, *item), (high, *item))
-    config.add_optimization_profile(shapes)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    try:  # TensorRT raises on shapes inconsistent with each other or with the network
+        shapes.set_shape(tensor.name, (low, *item), (opt, *item), (high, *item))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise StmlError(f"TensorRT refused the batch profile {profile}: {exc}") from None
+    if config.add_optimization_profile(shapes) < 0:  # -1: the profile is not valid
+        raise StmlError(f"TensorRT refused the batch profile {profile} for input {tensor.name!r}")
+    # the saved timing cache, or an empty one with a warning when it is damaged or from
+    # another TensorRT / device (the build then rewrites it)
+    data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+        usable = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except (RuntimeError, ValueError, TypeError):  # a corrupt blob
+        usable = False
+    if not usable:
+        if data:
+            warn(
+                f"{timing_cache}: timing cache unusable (damaged or from another build); starting a new one"
+            )
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise StmlError("TensorRT refused an empty timing cache")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise StmlError(f"{onnx_path}: TensorRT could not build an engine (its messages are above)")

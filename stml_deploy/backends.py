@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from stml_deploy import onnx_runtime
+from stml_deploy.console import info
 from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, StmlError
 from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, onnx_name
 
@@ -35,12 +36,12 @@ class Backend:
 
 
 class _OrtRunner:
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, max_batch: int | None = None) -> None:
         self.session = session
-        self.input = session.get_inputs()[0].name
+        self.max_batch = max_batch
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: pixels})[0].astype(np.float32, copy=False)
+        return onnx_runtime.run_batches(self.session, pixels, self.max_batch)
 
 
 def _onnx_cpu(package: ModelPackage, precision: str, threads: int | None) -> Backend:
@@ -51,13 +52,12 @@ def _onnx_cpu(package: ModelPackage, precision: str, threads: int | None) -> Bac
     )
 
 
-def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backend:
-    """ONNX Runtime on the GPU: its TensorRT provider (engines cached in engines/ort-tensorrt/)
-    when present, else or when it fails to start, its CUDA provider. A provider counts only
-    once a real inference ran on it."""
-    path = package.onnx_path(precision)
-    available = onnx_runtime.ort().get_available_providers()
-    stacks: list[list[Any]] = []
+# The batch profile ORT's TensorRT provider builds for (min, opt, max): explicit, so a batch
+# inside it never rebuilds the engine; larger inputs are split to it.
+ORT_TENSORRT_PROFILE = (1, 8, 32)
+
+
+def _ort_tensorrt_options(package: ModelPackage, precision: str) -> dict[str, Any]:
     # ORT's TensorRT engine cache does not notice a changed model: one folder per variant sha
     cache = (
         package.root
@@ -65,36 +65,62 @@ def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backen
         / "ort-tensorrt"
         / package.artifacts[onnx_name(precision)].sha256[:12]
     )
+    cache.mkdir(parents=True, exist_ok=True)
+    name = package.config.get("embedding", {}).get("input", "pixels")
+    size = package.preprocessing.image_size
+    low, opt, high = (f"{name}:{batch}x3x{size}x{size}" for batch in ORT_TENSORRT_PROFILE)
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_profile_min_shapes": low,
+        "trt_profile_opt_shapes": opt,
+        "trt_profile_max_shapes": high,
+    }
+
+
+def _onnx_cuda(package: ModelPackage, precision: str, image_size: int) -> Backend:
+    """ONNX Runtime on the GPU: its TensorRT provider (engines cached in engines/ort-tensorrt/)
+    when its TensorRT library loads here, else or when it fails to start, its CUDA provider.
+    A provider counts only once a real inference ran on it and ORT still lists it first."""
+    path = package.onnx_path(precision)
+    rt = onnx_runtime.ort()
+    available = rt.get_available_providers()
+    reasons: list[str] = []
+    stacks: list[tuple[list[Any], int | None]] = []
     if onnx_runtime.TENSORRT in available:
-        options = {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-        }
-        stacks.append([(onnx_runtime.TENSORRT, options)])
+        problem = onnx_runtime.tensorrt_library_problem(rt)
+        if problem is None:
+            trt = (onnx_runtime.TENSORRT, _ort_tensorrt_options(package, precision))
+            # TensorRT hands the nodes it cannot run to CUDA
+            cuda = [onnx_runtime.CUDA] if onnx_runtime.CUDA in available else []
+            stacks.append(([trt, *cuda], ORT_TENSORRT_PROFILE[2]))
+        else:
+            reasons.append(f"{onnx_runtime.TENSORRT}: {problem}")
     if onnx_runtime.CUDA in available:
-        if stacks:
-            stacks[0].append(onnx_runtime.CUDA)  # TensorRT hands unsupported nodes to CUDA
-        stacks.append([onnx_runtime.CUDA])
-    if not stacks:
+        stacks.append(([onnx_runtime.CUDA], None))
+    if not stacks and not reasons:
         raise MissingDependencyError(
             f"this ONNX Runtime has no GPU providers (available: {', '.join(available)}); pip install 'stml[gpu]' "
             "(on a Jetson: onnxruntime-gpu from NVIDIA's Jetson index)"
         )
-    reasons = []
-    for providers in stacks:
-        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    item_shape = (3, image_size, image_size)
+    for providers, max_batch in stacks:
+        first = onnx_runtime.provider_name(providers[0])
         try:
-            if first == onnx_runtime.TENSORRT:
-                cache.mkdir(parents=True, exist_ok=True)
             session = onnx_runtime.create_session(path, [*providers, onnx_runtime.CPU])
-            runner = _OrtRunner(session)
-            runner.run(np.zeros((1, 3, image_size, image_size), dtype=np.uint8))
+            onnx_runtime.probe(session, first, item_shape)
         except Exception as exc:  # provider-specific load and runtime errors
             reasons.append(f"{first}: {exc}")
             continue
+        if reasons:
+            info(f"onnx-cuda runs on {first}; not on " + "; ".join(reasons))
         return Backend(
-            "onnx-cuda", precision, f"onnxruntime {onnx_runtime.version()} {first}", runner
+            "onnx-cuda",
+            precision,
+            f"onnxruntime {onnx_runtime.version()} {first}",
+            _OrtRunner(session, max_batch),
+            max_batch,
         )
     raise BackendUnavailableError("no ONNX Runtime GPU provider ran here: " + "; ".join(reasons))
 

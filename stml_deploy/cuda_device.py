@@ -14,7 +14,8 @@ from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, 
 
 WHERE = (
     "run it on the device that will use the engine (a Jetson with JetPack 6, or a machine with "
-    "an NVIDIA GPU and `pip install 'stml[tensorrt-cu13]'` (or -cu12, matching the driver's CUDA))"
+    "an NVIDIA GPU and `pip install 'stml[tensorrt-cu13]'` (or -cu12, matching the driver's CUDA); "
+    "see docs/gpu.md)"
 )
 
 

@@ -245,3 +245,89 @@ def test_trt_backend_runs_the_engine_in_chunks_and_auto_prefers_it(
     assert [r["batch"] for r in trt_rows] == [1] and trt_rows[0]["parity"]["cosine_min"] > 0.99999
     assert any("above the engine's profile max 8" in note for note in report["skipped"])
     assert {r["backend"] for r in report["rows"]} == {"trt", "onnx"}
+
+
+def _built_engine(package: Path, cli_main, batch: str = "1,4,8") -> Path:
+    built = cli_main(*trt_export(package, "fp32", batch))
+    assert built.code == 0, built.err
+    (engine,) = (package / "engines").glob("*.engine")
+    return engine
+
+
+def test_runner_stages_through_pinned_memory_on_its_stream(
+    trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    """Copies go through page-locked buffers, the stream handle comes from the documented
+    accessor (not the deprecated int()), and results are read only after the stream
+    synchronized (the imitation runs queued work only then)."""
+    from stml_deploy.package import ModelPackage
+    from stml_deploy.parity_files import GOLDEN_NAME, load_golden
+    from stml_deploy.trt_runtime import TrtEngineRunner
+    from tests.fakes import fake_tensorrt
+
+    knobs = fake_tensorrt.install(monkeypatch)
+    engine = _built_engine(trt_package, cli_main)
+    knobs.pageable_copies = knobs.int_stream_calls = 0
+    golden = load_golden(ModelPackage.load(trt_package).path(GOLDEN_NAME))
+    runner = TrtEngineRunner(engine)
+    out = runner.run(golden["pixels"][:11])  # 8 + 3
+    runner.close()
+    np.testing.assert_allclose(out, golden["embedding"][:11], atol=1e-5)
+    assert knobs.pageable_copies == 0 and knobs.int_stream_calls == 0
+    assert knobs.runtime.live_allocations == {} and knobs.runtime.live_pinned == {}
+
+
+@pytest.mark.parametrize("io_dtypes", [("FLOAT", "FLOAT"), ("UINT8", "HALF")])
+def test_an_engine_with_other_io_dtypes_is_refused_before_buffers_are_sized(
+    trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main, io_dtypes: tuple[str, str]
+) -> None:
+    from stml_deploy.trt_runtime import TrtEngineRunner
+    from tests.fakes import fake_tensorrt
+
+    knobs = fake_tensorrt.install(monkeypatch)
+    engine = _built_engine(trt_package, cli_main)
+    knobs.io_dtypes = io_dtypes
+    with pytest.raises(StmlError, match="expected a uint8 input and a float32 output"):
+        TrtEngineRunner(engine)
+    assert knobs.runtime.live_allocations == {}  # refused before any allocation
+
+
+def test_a_damaged_timing_cache_is_replaced_with_a_warning(
+    trt_package: Path, monkeypatch: pytest.MonkeyPatch, cli_main
+) -> None:
+    from tests.fakes import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch)
+    _built_engine(trt_package, cli_main)
+    (cache,) = (trt_package / "engines").glob("timing-*.cache")
+    cache.write_bytes(b"\x00 half a timing cache")
+    rebuilt = cli_main(*trt_export(trt_package, "fp32", "1,4,16"))  # a new profile: a build
+    assert rebuilt.code == 0, rebuilt.err
+    assert "timing cache unusable" in rebuilt.err
+    assert cache.read_bytes().startswith(fake_tensorrt.TIMING_MAGIC)
+
+
+def test_the_cuda_imitation_is_strict_about_copy_kinds_and_synchronization(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What makes the imitation catch runtime bugs: a copy whose pointers contradict its kind
+    fails with an error tuple, and an asynchronous copy lands only at synchronize."""
+    from tests.fakes import fake_tensorrt
+
+    rt = fake_tensorrt.install(monkeypatch).runtime
+    _, stream = rt.cudaStreamCreate()
+    _, device = rt.cudaMalloc(16)
+    _, pinned = rt.cudaMallocHost(16)
+    source = np.arange(16, dtype=np.uint8)
+    h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    (err,) = rt.cudaMemcpyAsync(device, pinned, 16, d2h, stream)  # kind reversed
+    assert err == rt.cudaError_t.cudaErrorInvalidValue
+    assert rt.cudaMemcpyAsync(device, source.ctypes.data, 16, h2d, stream) == (
+        rt.cudaError_t.cudaSuccess,
+    )
+    back = np.zeros(16, dtype=np.uint8)
+    rt.cudaMemcpyAsync(back.ctypes.data, device, 16, d2h, stream)
+    assert not back.any()  # nothing has run yet
+    rt.cudaStreamSynchronize(stream)
+    assert (back == np.arange(16)).all()
+    assert rt.cudaFree(pinned)[0] == rt.cudaError_t.cudaErrorInvalidValue  # not device memory

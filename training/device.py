@@ -1,5 +1,5 @@
 """Device and mixed-precision choice: auto picks CUDA when torch sees one; bf16 autocast where
-the GPU supports it, else fp16 with a gradient scaler; CPU trains in fp32."""
+the GPU has it in hardware, else fp16 with a gradient scaler; CPU trains in fp32."""
 
 from __future__ import annotations
 
@@ -40,9 +40,20 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
         return None
     if mode == "fp16":
         return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
+    if mode == "bf16" or bf16_native(device):
         return torch.bfloat16
     return torch.float16
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bf16 in hardware (Ampere and newer). torch's default also counts emulated bf16, which
+    runs pre-Ampere GPUs far slower than fp16."""
+    chosen = contextlib.nullcontext() if device.index is None else torch.cuda.device(device)
+    with chosen:
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # a torch without the argument
+            return torch.cuda.is_bf16_supported()
 
 
 def autocast_factory(

@@ -9,7 +9,14 @@ memory" is host memory. The real APIs are only exercised by the `gpu` tests.
 Signatures follow the TensorRT 10 Python API (`Builder.create_network`, `OnnxParser`,
 `IBuilderConfig.set_memory_pool_limit`, `IExecutionContext.set_input_shape` /
 `set_tensor_address` / `execute_async_v3`) and cuda-python's `cuda.bindings.runtime`, whose
-calls return (error, value...) tuples."""
+calls return (error, value...) tuples.
+
+Strict where stml could get the real APIs wrong: copies and execution are queued on their
+stream and happen only at cudaStreamSynchronize (a host read before it sees stale data), a copy
+whose pointers do not match its cudaMemcpyKind fails with an error tuple, engines run only on
+device addresses, `set_shape` raises on inconsistent shapes as TensorRT's binding does, a
+damaged timing cache raises and one from another version is refused, and `int(stream)` counts
+as a use of the API deprecated in cuda-bindings 13."""
 
 from __future__ import annotations
 
@@ -33,6 +40,20 @@ class Knobs:
         self.noise = 0.0
         self.builds = 0
         self.deserialized = 0
+        self.io_dtypes = ("UINT8", "FLOAT")  # what deserialized engines report (input, output)
+        self.pageable_copies = 0  # copies from or to host memory that is not pinned
+        self.int_stream_calls = 0  # int(cudaStream_t): deprecated in cuda-bindings 13
+        self.device: dict[int, Any] = {}  # address -> block, shared by both imitations
+        self.pinned: dict[int, Any] = {}
+
+
+def _inside(blocks: dict[int, Any], address: int, size: int = 1) -> bool:
+    return any(
+        base <= address and address + size <= base + len(block) for base, block in blocks.items()
+    )
+
+
+TIMING_MAGIC = b"FAKE-TIMING "
 
 
 def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
@@ -40,6 +61,14 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
 
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.3.0.fake"
+
+    class DataType(enum.IntEnum):
+        FLOAT = 0
+        HALF = 1
+        INT8 = 2
+        INT32 = 3
+        BOOL = 4
+        UINT8 = 5
 
     class Logger:
         WARNING = 2
@@ -103,15 +132,19 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
             self.shapes: dict[str, tuple[Any, Any, Any]] = {}
 
         def set_shape(self, name: str, low: Any, opt: Any, high: Any) -> None:
-            assert low[0] <= opt[0] <= high[0]
+            # TensorRT's binding raises when setDimensions reports an inconsistency
+            if len({len(low), len(opt), len(high)}) != 1 or not all(
+                a <= b <= c for a, b, c in zip(low, opt, high, strict=True)
+            ):
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
             self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
 
     class _TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data or b"timing"
+        def __init__(self, version: str) -> None:
+            self.version = version
 
         def serialize(self) -> bytes:
-            return self.data
+            return TIMING_MAGIC + self.version.encode()
 
     class _Config:
         def __init__(self) -> None:
@@ -128,13 +161,21 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
             self.cleared.append(int(flag))
 
         def add_optimization_profile(self, profile: _Profile) -> int:
+            if not profile.shapes:  # an incomplete profile is not valid: -1, nothing added
+                return -1
             self.profiles.append(profile)
             return len(self.profiles) - 1
 
         def create_timing_cache(self, data: bytes) -> _TimingCache:
-            return _TimingCache(data)
+            if not data:
+                return _TimingCache(trt.__version__)
+            if not data.startswith(TIMING_MAGIC):
+                raise RuntimeError("Timing cache blob is corrupted")
+            return _TimingCache(data[len(TIMING_MAGIC) :].decode())
 
         def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+            if cache.version != trt.__version__ and not ignore_mismatch:
+                return False  # built by another TensorRT: refused
             self.cache = cache
             return True
 
@@ -187,6 +228,10 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
             return (-1, self.dim) if name == self.output else (-1, *self.profile[2][1:])
 
+        def get_tensor_dtype(self, name: str) -> DataType:
+            index = 0 if name == self.input else 1
+            return DataType[knobs.io_dtypes[index]]
+
         def create_execution_context(self) -> _Context:
             return _Context(self)
 
@@ -204,20 +249,33 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
             return True
 
         def set_tensor_address(self, name: str, address: int) -> bool:
-            self.addresses[name] = address
+            if name not in (self.engine.input, self.engine.output) or not address:
+                return False
+            self.addresses[name] = int(address)
             return True
 
-        def execute_async_v3(self, stream: int) -> bool:
-            assert self.shape is not None
-            count = int(np.prod(self.shape))
-            raw = (ctypes.c_uint8 * count).from_address(self.addresses[self.engine.input])
-            pixels = np.frombuffer(raw, dtype=np.uint8).reshape(self.shape).copy()
-            (out,) = self.engine.session.run(None, {self.engine.input: pixels})
-            if knobs.noise:
-                out = out + np.random.default_rng(0).normal(0, knobs.noise, out.shape)
-            out = np.ascontiguousarray(out, dtype=np.float32)
-            ctypes.memmove(self.addresses[self.engine.output], out.ctypes.data, out.nbytes)
-            return True
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            """Queued on the stream; runs at cudaStreamSynchronize, reading device memory then."""
+            if self.shape is None or set(self.addresses) != {self.engine.input, self.engine.output}:
+                return False  # TensorRT logs an error and returns False
+            shape, addresses = self.shape, dict(self.addresses)
+            count = int(np.prod(shape))
+            rows = shape[0] * self.engine.dim * 4
+            if not _inside(knobs.device, addresses[self.engine.input], count) or not _inside(
+                knobs.device, addresses[self.engine.output], rows
+            ):
+                raise AssertionError("execute_async_v3 on an address that is not device memory")
+
+            def compute() -> None:
+                raw = (ctypes.c_uint8 * count).from_address(addresses[self.engine.input])
+                pixels = np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
+                (out,) = self.engine.session.run(None, {self.engine.input: pixels})
+                if knobs.noise:
+                    out = out + np.random.default_rng(0).normal(0, knobs.noise, out.shape)
+                out = np.ascontiguousarray(out, dtype=np.float32)
+                ctypes.memmove(addresses[self.engine.output], out.ctypes.data, out.nbytes)
+
+            return knobs.enqueue(stream_handle, compute)
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:
@@ -239,71 +297,142 @@ def _tensorrt_module(knobs: Knobs) -> types.ModuleType:
     return trt
 
 
-def _cuda_runtime_module() -> types.ModuleType:
+def _cuda_runtime_module(knobs: Knobs) -> types.ModuleType:
     rt = types.ModuleType("cuda.bindings.runtime")
 
     class cudaError_t(enum.IntEnum):
         cudaSuccess = 0
         cudaErrorInvalidValue = 1
+        cudaErrorInvalidResourceHandle = 400
 
     class cudaMemcpyKind(enum.IntEnum):
+        cudaMemcpyHostToHost = 0
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
+        cudaMemcpyDeviceToDevice = 3
+
+    class cudaStream_t:
+        """An opaque handle; `int()` works but is deprecated in cuda-bindings 13."""
+
+        def __init__(self, address: int) -> None:
+            self._address = address
+
+        def __int__(self) -> int:
+            knobs.int_stream_calls += 1
+            return self._address
 
     ok = cudaError_t.cudaSuccess
-    memory: dict[int, Any] = {}
+    invalid = cudaError_t.cudaErrorInvalidValue
+    streams: dict[int, list[Any]] = {}  # handle -> queued work
+
+    def enqueue(handle: int, work: Any) -> bool:
+        if handle not in streams:
+            return False
+        streams[handle].append(work)
+        return True
+
+    knobs.enqueue = enqueue
 
     def cudaGetDeviceCount() -> tuple[Any, int]:
         return ok, 1
 
     def cudaGetDeviceProperties(index: int) -> tuple[Any, Any]:
+        if index != 0:
+            return invalid, None
         return ok, types.SimpleNamespace(name=b"Fake Orin\x00\x00", major=8, minor=7)
 
     def cudaGetErrorName(err: Any) -> tuple[Any, bytes]:
         return ok, cudaError_t(err).name.encode()
 
-    def cudaStreamCreate() -> tuple[Any, int]:
-        return ok, 1
+    def cudaStreamCreate() -> tuple[Any, Any]:
+        handle = 0x7000 + len(streams) + 1
+        streams[handle] = []
+        return ok, cudaStream_t(handle)
 
-    def cudaMalloc(size: int) -> tuple[Any, int]:
+    def _handle(stream: Any) -> int:
+        return stream._address if isinstance(stream, cudaStream_t) else int(stream)
+
+    def _alloc(blocks: dict[int, Any], size: int) -> tuple[Any, int]:
+        if size <= 0:
+            return invalid, 0
         block = ctypes.create_string_buffer(size)
-        memory[ctypes.addressof(block)] = block
+        blocks[ctypes.addressof(block)] = block
         return ok, ctypes.addressof(block)
 
+    def cudaMalloc(size: int) -> tuple[Any, int]:
+        return _alloc(knobs.device, size)
+
+    def cudaMallocHost(size: int) -> tuple[Any, int]:
+        return _alloc(knobs.pinned, size)
+
     def cudaFree(ptr: int) -> tuple[Any]:
-        return (
-            ok if memory.pop(int(ptr), None) is not None else cudaError_t.cudaErrorInvalidValue,
-        )
+        return (ok if knobs.device.pop(int(ptr), None) is not None else invalid,)
 
-    def cudaMemcpyAsync(dst: int, src: int, size: int, kind: Any, stream: int) -> tuple[Any]:
-        ctypes.memmove(dst, src, size)
+    def cudaFreeHost(ptr: int) -> tuple[Any]:
+        return (ok if knobs.pinned.pop(int(ptr), None) is not None else invalid,)
+
+    def cudaMemcpyAsync(dst: int, src: int, size: int, kind: Any, stream: Any) -> tuple[Any]:
+        handle = _handle(stream)
+        if handle not in streams:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
+            device, host = dst, src
+        elif kind == cudaMemcpyKind.cudaMemcpyDeviceToHost:
+            device, host = src, dst
+        else:
+            return (invalid,)
+        if not _inside(knobs.device, device, size) or _inside(knobs.device, host, 1):
+            return (invalid,)  # the pointers do not match the copy kind
+        if not _inside(knobs.pinned, host, size):
+            knobs.pageable_copies += 1
+        streams[handle].append(lambda: ctypes.memmove(dst, src, size))
         return (ok,)
 
-    def cudaStreamSynchronize(stream: int) -> tuple[Any]:
+    def cudaStreamSynchronize(stream: Any) -> tuple[Any]:
+        handle = _handle(stream)
+        if handle not in streams:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        queued, streams[handle] = streams[handle], []
+        for work in queued:
+            work()
         return (ok,)
 
-    def cudaStreamDestroy(stream: int) -> tuple[Any]:
-        return (ok,)
+    def cudaStreamDestroy(stream: Any) -> tuple[Any]:
+        return (ok if streams.pop(_handle(stream), None) is not None else invalid,)
 
     for name, value in list(locals().items()):
         if name.startswith("cuda"):
             setattr(rt, name, value)
-    rt.live_allocations = memory
+    rt.live_allocations = knobs.device
+    rt.live_pinned = knobs.pinned
     return rt
+
+
+def _cuda_utils_module() -> types.ModuleType:
+    utils = types.ModuleType("cuda.bindings.utils")
+
+    def get_cuda_native_handle(obj: Any) -> int:
+        return obj._address
+
+    utils.get_cuda_native_handle = get_cuda_native_handle
+    return utils
 
 
 def install(monkeypatch: pytest.MonkeyPatch) -> Knobs:
     """Make `import tensorrt` and `from cuda.bindings import runtime` find the imitations for
     the rest of the test."""
     knobs = Knobs()
-    runtime = _cuda_runtime_module()
+    runtime = _cuda_runtime_module(knobs)
+    utils = _cuda_utils_module()
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = runtime
+    bindings.utils = utils
     cuda = types.ModuleType("cuda")
     cuda.bindings = bindings
     monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt_module(knobs))
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
     knobs.runtime = runtime
     return knobs
