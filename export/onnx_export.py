@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from stml_deploy.config import GRAPH_INPUT, GRAPH_OUTPUT
 from stml_deploy.errors import StmlError
 from stml_deploy.package import ModelPackage
 from training.model import EmbeddingNet
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "embedding"
+INPUT_NAME, OUTPUT_NAME = GRAPH_INPUT, GRAPH_OUTPUT
 OPSETS = (18, 19, 20)  # the dynamo exporter's floor is 18; TensorRT 10.3 (JetPack 6) parses <= 20
 DEFAULT_OPSET = 18
 
@@ -85,7 +85,7 @@ def export_onnx(
             (example,),
             dynamo=True,
             opset_version=opset,
-            dynamic_shapes={"pixels": {0: batch}},
+            dynamic_shapes={INPUT_NAME: {0: batch}},
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             external_data=False,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from stml_deploy import onnx_runtime
+from stml_deploy.config import GRAPH_INPUT
 from stml_deploy.console import info
 from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, StmlError
 from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, onnx_name
@@ -66,9 +67,8 @@ def _ort_tensorrt_options(package: ModelPackage, precision: str) -> dict[str, An
         / package.artifacts[onnx_name(precision)].sha256[:12]
     )
     cache.mkdir(parents=True, exist_ok=True)
-    name = package.config.get("embedding", {}).get("input", "pixels")
     size = package.preprocessing.image_size
-    low, opt, high = (f"{name}:{batch}x3x{size}x{size}" for batch in ORT_TENSORRT_PROFILE)
+    low, opt, high = (f"{GRAPH_INPUT}:{batch}x3x{size}x{size}" for batch in ORT_TENSORRT_PROFILE)
     return {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),

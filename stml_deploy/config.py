@@ -21,6 +21,8 @@ from stml_deploy.preprocess import PreprocessSpec
 FORMAT_VERSION = 1
 LIBRARY = "stml"
 STML_METHOD = "STML (Self-Taught Metric Learning, Kim et al., CVPR 2022)"
+# the exported graph's tensor names (docs/design.md §3)
+GRAPH_INPUT, GRAPH_OUTPUT = "pixels", "embedding"
 
 
 class _Fields:
@@ -447,8 +449,8 @@ class PackageConfig:
                 "dim": self.architecture.embedding_dim,
                 "distance": "cosine",
                 "normalized": True,
-                "output": "embedding",
-                "input": "pixels",
+                "output": GRAPH_OUTPUT,
+                "input": GRAPH_INPUT,
             },
             "training": training,
             "metrics": {
