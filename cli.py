@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stml_deploy.console import info, stderr, stdout, warn
+from stml_deploy.console import info, result, stderr, stdout, warn
 from stml_deploy.errors import Interrupted, MissingDependencyError, ParityError, StmlError
 
 if TYPE_CHECKING:
@@ -93,6 +92,9 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     command = typer.main.get_command(app)
     try:
         returned = command.main(args=argv, prog_name="stml", standalone_mode=False)
@@ -205,7 +207,10 @@ def train(
     data_root: DataRoot = None,
     split: Split = "train",
     recipe: Annotated[
-        str | None, typer.Option(help="The paper's settings: cub | cars | sop | sop-scratch.")
+        str | None,
+        typer.Option(
+            help="Settings by name: the paper's cub | cars | sop | sop-scratch, or cpu-small (a small from-scratch network for a CPU)."
+        ),
     ] = None,
     device: Device = "auto",
     amp: Annotated[
@@ -284,20 +289,13 @@ def evaluate(
     ] = False,
 ) -> None:
     """Recall@1/2/4/8, MAP@R, R-precision, P@1 and NMI of a package on labelled data."""
-    from stml_deploy.config import DataRecord
-    from stml_deploy.hub import is_hub_package
-    from stml_deploy.package import ModelPackage
     from training.evaluation_run import evaluate_package
     from training.named_datasets import resolve_source
 
-    if record and is_hub_package(package):
-        raise StmlError(f"{package}: --record writes into the package; pull it into a folder first")
     source = resolve_source(data, data_root, split).limit(max_images, seed=0)
-    metrics = evaluate_package(package, source, device, batch_size, workers, strict)
-    if record:
-        target = ModelPackage.load(package, verify=False)
-        target.record_metrics(split, metrics, DataRecord.from_json(source.summary()))
-        info(f"recorded the metrics in {target.root / 'config.json'} under metrics.{split}")
+    metrics = evaluate_package(
+        package, source, device, batch_size, workers, strict, split if record else None
+    )
     if as_json:
         print(json.dumps(metrics, allow_nan=False))
     else:
@@ -317,18 +315,19 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 
 
 # --- export --------------------------------------------------------------------------------
-# option defaults, also used to tell which options the user gave for the other --format
-DEFAULT_INT8_TARGET, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB = "cpu", "1,8,32", 2.0
+from export.api import FORMATS  # noqa: E402  (light: the defaults below are named there once)
+
+_ONNX, _TRT = FORMATS["onnx"].options, FORMATS["trt"].options
 
 
 @app.command()
 def export(
     package: Annotated[str, typer.Argument(help="Model package folder.")],
-    format: Annotated[str, typer.Option("--format", help="onnx | trt.")] = "onnx",
+    format: Annotated[str, typer.Option("--format", help=" | ".join(FORMATS) + ".")] = "onnx",
     precision: Annotated[
         str | None,
         typer.Option(
-            help="onnx: comma list of fp32,fp16,int8 [default: all three]; trt: one of them [default: fp16]."
+            help=f"onnx: comma list of fp32,fp16,int8 [default: {','.join(_ONNX['precisions'])}]; trt: one of them [default: {_TRT['precision']}]."
         ),
     ] = None,
     int8_target: Annotated[
@@ -336,14 +335,16 @@ def export(
         typer.Option(
             help="int8 flavour: cpu (uint8 activations, fast on x86) | tensorrt (symmetric int8)."
         ),
-    ] = DEFAULT_INT8_TARGET,
+    ] = _ONNX["int8_target"],
     calib: Annotated[
         str | None,
         typer.Option(
             help="Calibration images for int8 (folder or dataset name) [default: the package's training data]."
         ),
     ] = None,
-    calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 256,
+    calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = _ONNX[
+        "calib_size"
+    ],
     parity_data: Annotated[
         str | None,
         typer.Option(
@@ -352,70 +353,51 @@ def export(
     ] = None,
     parity_size: Annotated[
         int, typer.Option(help="Images for the retrieval-level parity check.")
-    ] = 500,
+    ] = _ONNX["parity_size"],
     data_root: DataRoot = None,
     max_batch: Annotated[
         int,
         typer.Option(help="Largest batch the ONNX graph accepts (its batch dimension is dynamic)."),
-    ] = 256,
+    ] = _ONNX["max_batch"],
     opset: Annotated[
         int, typer.Option(help="ONNX opset: 18-20 (TensorRT 10.3 on JetPack 6 parses up to 20).")
-    ] = 18,
+    ] = _ONNX["opset"],
     keep_failed: Annotated[
         bool, typer.Option(help="Keep an artifact that failed parity, renamed *.failed.")
     ] = False,
-    batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = DEFAULT_TRT_BATCH,
-    workspace: Annotated[
-        float, typer.Option(help="trt: builder workspace limit in GiB.")
-    ] = DEFAULT_WORKSPACE_GIB,
+    batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = _TRT["batch"],
+    workspace: Annotated[float, typer.Option(help="trt: builder workspace limit in GiB.")] = _TRT[
+        "workspace_gib"
+    ],
 ) -> None:
     """Export a package to ONNX (fp32/fp16/int8) or build a TensorRT engine, with parity checks."""
-    from stml_deploy.hub import is_hub_package, split_ref
+    from export.api import export as run_export
+    from export.api import ignored_options
 
-    if is_hub_package(package):
-        hub = split_ref(package)
-        raise StmlError(
-            f"{package}: export writes into the package; pull it into a folder first (stml pull {hub.repo_id}{'@' + hub.revision if hub.revision else ''} --out DIR)"
-        )
-    onnx_only = {"--calib": calib, "--parity-data": parity_data, "--data-root": data_root,
-                 "--int8-target": None if int8_target == DEFAULT_INT8_TARGET else int8_target}  # fmt: skip
-    trt_only = {"--batch": None if batch == DEFAULT_TRT_BATCH else batch,
-                "--workspace": None if workspace == DEFAULT_WORKSPACE_GIB else workspace}  # fmt: skip
-    ignored = [o for o, v in (onnx_only if format == "trt" else trt_only).items() if v is not None]
-    if ignored and format in ("onnx", "trt"):
+    precisions = _csv(precision) if precision is not None else None
+    given = {
+        "precisions": precisions if format == "onnx" else None, "int8_target": int8_target,
+        "calib": calib, "calib_size": calib_size, "parity_data": parity_data,
+        "parity_size": parity_size, "data_root": str(data_root) if data_root else None,
+        "max_batch": max_batch, "opset": opset, "keep_failed": keep_failed,
+        "precision": precision if format == "trt" else None, "batch": batch,
+        "workspace_gib": workspace,
+    }  # fmt: skip
+    flags = {"workspace_gib": "workspace", "precisions": "precision"}
+    ignored = ignored_options(format, given)
+    if ignored:
+        shown = [f"--{flags.get(k, k).replace('_', '-')}" for k in ignored]
         warn(
-            f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to --format {format}; ignored"
+            f"{', '.join(shown)} {'does' if len(shown) == 1 else 'do'} not apply to --format {format}; ignored"
         )
-    if format == "onnx":
-        from export.onnx_pipeline import OnnxExportRequest, export_package_onnx, parse_precisions
-
-        request = OnnxExportRequest(
-            package=package,
-            precisions=parse_precisions("fp32,fp16,int8" if precision is None else precision),
-            int8_target=int8_target, calib=calib, calib_size=calib_size, parity_data=parity_data,
-            parity_size=parity_size, data_root=str(data_root) if data_root else None,
-            max_batch=max_batch, opset=opset, keep_failed=keep_failed,
-        )  # fmt: skip
-        outcome = export_package_onnx(request)
-        _print_parity(outcome.entries)
-        if outcome.failures:
-            raise ParityError(outcome.failures)
-        stdout.print(f"wrote {', '.join(outcome.written)} in {outcome.package.root}")
-    elif format == "trt":
-        from export.tensorrt_build import EngineRequest, build_engine_with_parity
-        from stml_deploy.parity_files import REJECTED
-
-        entry = build_engine_with_parity(
-            EngineRequest(
-                package, "fp16" if precision is None else precision, batch, workspace, keep_failed
-            )
-        )
-        _print_parity([entry])
-        if not entry.passed:
-            engine = entry.artifact.removesuffix(REJECTED)
-            raise ParityError([f"{engine}: {f}" for f in entry.check.failures])
-    else:
-        raise StmlError(f"unknown --format {format!r}; one of onnx, trt")
+    taken = FORMATS[format].options
+    options = {k: v for k, v in given.items() if k in taken and v is not None}
+    result = run_export(package, format, **options)
+    _print_parity(result.entries)
+    if not result.passed:
+        raise ParityError(result.failures)
+    if result.written:
+        stdout.print(f"wrote {', '.join(result.written)} in {result.package.root}")
 
 
 def _print_parity(entries: list[ParityEntry]) -> None:
@@ -509,29 +491,15 @@ def embed(
     strict: Strict = False,
 ) -> None:
     """Embed images into a .npy file (float32, one L2-normalized row per readable image)."""
-    import io
 
-    import numpy as np
+    from stml_deploy.embeddings_file import embed_to_file
 
-    from stml_deploy.atomic import atomic_write_bytes, atomic_write_json
-    from stml_deploy.embedder import Embedder
-    from stml_deploy.images import expand_image_args
-
-    paths = expand_image_args(images)
-    with Embedder.from_package(
-        package, backend=backend, precision=precision, batch_size=batch_size
-    ) as embedder:
-        result = embedder.embed_paths(paths, strict=strict)
-    if not result.items:
-        raise StmlError("none of the images could be read; nothing written")
-    buf = io.BytesIO()
-    np.save(buf, result.vectors)
-    atomic_write_bytes(out, buf.getvalue())
-    items = out.with_name(out.name.removesuffix(".npy") + ".items.json")
-    atomic_write_json(items, result.items)
-    stdout.print(
-        f"wrote {out} ({len(result.items)} x {result.vectors.shape[1]}) and {items}"
-        + (f"; skipped {len(result.skipped)}" if result.skipped else "")
+    vectors, items, rows, dim, skipped = embed_to_file(
+        package, images, out, backend, precision, batch_size, strict
+    )
+    result(
+        f"wrote {vectors} ({rows} x {dim}) and {items}"
+        + (f"; skipped {skipped}" if skipped else "")
     )
 
 
@@ -755,17 +723,14 @@ def _print_description(data: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(data, indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
 
     def shown(key: str, value: Any) -> str:
         if key == "recall_at_1_drop":
             from stml_deploy.parity_metrics import recall_change_text
 
             return recall_change_text(value)
-        if (
-            isinstance(value, str)
-            and len(value) == 64
-            and all(c in "0123456789abcdef" for c in value)
-        ):
+        if key.endswith("sha256") and isinstance(value, str):  # describe's naming rule
             return value[:12] + "..."
         if key.endswith("bytes") and isinstance(value, int):
             return f"{value / 1e6:.1f} MB" if value >= 100_000 else f"{value / 1e3:.1f} kB"
@@ -787,7 +752,7 @@ def _print_description(data: dict[str, Any], as_json: bool) -> None:
             table.add_row(*(shown(c, row.get(c)) for c in columns))
         return table
 
-    stdout.print(f"[bold]{data.get('kind', '')}[/] {data.get('path', '')}")
+    stdout.print(Text.assemble((str(data.get("kind", "")), "bold"), " ", str(data.get("path", ""))))
     scalars = Table.grid(padding=(0, 2))
     for key, value in data.items():
         if key not in ("kind", "path") and not isinstance(value, dict | list):
@@ -801,12 +766,12 @@ def _print_description(data: dict[str, Any], as_json: bool) -> None:
             section = Table.grid(padding=(0, 2))
             for k, v in value.items():
                 section.add_row(f"  {k}", shown(k, v))
-            stdout.print(f"[bold]{key}[/]")
+            stdout.print(Text(key, style="bold"))
             stdout.print(section)
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             stdout.print(rows_table(key, value))
         elif isinstance(value, list):
-            stdout.print(f"[bold]{key}[/]  {shown(key, value)}")
+            stdout.print(Text.assemble((key, "bold"), "  ", shown(key, value)))
 
 
 # --- Hugging Face Hub ----------------------------------------------------------------------
@@ -899,77 +864,19 @@ def demo(
     """The whole path on built-in data (Fashion-MNIST, else digits): train STML on classes 0-4,
     compare Recall@K on the held-out classes 5-9 before and after, export ONNX (fp32 + int8)
     with parity checks, index the held-out gallery and search it."""
-    import torch
+    from export.demo_pipeline import run_demo
 
-    from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
-    from stml_deploy.config import DataRecord
-    from stml_deploy.retrieval import build_index, save_grid
-    from stml_deploy.retrieval import search as run_search
-    from training.demo import demo_config, demo_sources, pick_queries, write_gallery
-    from training.evaluation_run import evaluate_model
-    from training.package_io import build_student, load_student
-    from training.trainer import TrainRequest
-    from training.trainer import train as run_training
-
-    started = time.perf_counter()
-    model_dir, gallery_dir, index_dir, grid = (
-        out / "model",
-        out / "gallery",
-        out / "index",
-        out / "hits.png",
-    )
-    train_source, test_source = demo_sources(max_train)
-    cfg = demo_config(epochs)
-    info(
-        f"demo: train on {train_source.name} ({len(train_source)} images), test on held-out {test_source.name} ({len(test_source)} images)"
-    )
-
-    torch.manual_seed(cfg.seed)
-    initial, spec = build_student(cfg)
-    before = evaluate_model(initial, spec, test_source, device, 512, workers, "initial model")
-    request = TrainRequest(
-        cfg=cfg,
-        source=train_source,
-        out=model_dir,
-        name="stml-demo",
-        device=device,
-        workers=workers,
-        overwrite=True,
-    )
-    package = run_training(request)
-    after = evaluate_model(
-        load_student(package), spec, test_source, device, 512, workers, "trained model"
-    )
-    package.record_metrics("test_initial", before)
-    package.record_metrics("test", after, DataRecord.from_json(test_source.summary()))
-
-    data_name = train_source.description["ref"]["data"]
-    outcome = export_package_onnx(
-        OnnxExportRequest(
-            str(model_dir), ["fp32", "int8"], "cpu", calib=data_name, parity_data=data_name
-        )
-    )
-    _print_parity(outcome.entries)
-    if outcome.failures:
-        raise ParityError(outcome.failures)
-
-    info(f"writing the held-out gallery as image files to {gallery_dir}")
-    write_gallery(test_source, gallery_dir)
-    index = build_index(
-        str(model_dir), [str(gallery_dir)], index_dir, backend="onnx", precision="int8"
-    )
-    index_recall = index.leave_one_out_recall_at_1()
-    _, results = run_search(
-        str(index_dir), pick_queries(gallery_dir), k=5, backend="onnx", precision="int8"
-    )
-    save_grid(results, grid)
-    for r in results:
+    result = run_demo(out, epochs, max_train, device, workers)
+    _print_parity(result.parity)
+    for r in result.hits:
         hits = ", ".join(f"{h['label']} ({h['score']:.3f})" for h in r.hits[1:])
-        stdout.print(f"query {Path(r.query).name} [{r.label}]: itself first, then {hits}")
+        stdout.print(
+            f"query {Path(r.query).name} [{r.label}]: itself first, then {hits}", markup=False
+        )
 
     from rich.table import Table
 
-    table = Table(title=f"held-out classes of {test_source.name}: before vs after STML")
+    table = Table(title=f"held-out classes of {result.test_name}: before vs after STML")
     for column in (
         "metric",
         "initial (torch)",
@@ -977,16 +884,16 @@ def demo(
         "after STML (ONNX int8 index)",
     ):
         table.add_column(column, justify="left" if column == "metric" else "right")
+    index_recall = result.index_recall_at_1
     for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "nmi"):
-        table.add_row(
-            key,
-            f"{before[key]:.4f}",
-            f"{after[key]:.4f}",
-            f"{index_recall:.4f}" if key == "recall_at_1" else "",
-        )
+        shown = f"{index_recall:.4f}" if key == "recall_at_1" and index_recall is not None else ""
+        table.add_row(key, f"{result.before[key]:.4f}", f"{result.after[key]:.4f}", shown)
     stdout.print(table)
-    stdout.print(f"model package: {model_dir}   index: {index_dir}   picture: {grid}")
-    stdout.print(f"wall time: {time.perf_counter() - started:.0f} s")
+    stdout.print(
+        f"model package: {result.model}   index: {result.index}   picture: {result.grid}",
+        markup=False,
+    )
+    stdout.print(f"wall time: {result.seconds:.0f} s")
 
 
 if __name__ == "__main__":

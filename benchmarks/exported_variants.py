@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.api import export
 from export.golden import preprocess_source
-from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
 from export.report import cpu_name
 from stml_deploy import onnx_runtime
 from stml_deploy.package import ModelPackage
@@ -53,8 +53,8 @@ def export_variants(package: Path, data: str, work: Path) -> dict[str, Path]:
     shutil.copytree(package, cpu)
     shutil.copytree(package, trt)
     common = dict(calib=data, parity_data=data, calib_size=256, parity_size=500)
-    export_package_onnx(OnnxExportRequest(str(cpu), ["fp32", "fp16", "int8"], "cpu", **common))
-    export_package_onnx(OnnxExportRequest(str(trt), ["int8"], "tensorrt", **common))
+    export(str(cpu), "onnx", precisions=["fp32", "fp16", "int8"], int8_target="cpu", **common)
+    export(str(trt), "onnx", precisions=["int8"], int8_target="tensorrt", **common)
     return {
         "ORT fp32": cpu / "onnx/model.onnx",
         "ORT fp16": cpu / "onnx/model.fp16.onnx",

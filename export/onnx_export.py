@@ -22,7 +22,6 @@ from training.model import EmbeddingNet
 
 INPUT_NAME, OUTPUT_NAME = GRAPH_INPUT, GRAPH_OUTPUT
 OPSETS = (18, 19, 20)  # the dynamo exporter's floor is 18; TensorRT 10.3 (JetPack 6) parses <= 20
-DEFAULT_OPSET = 18
 
 
 def check_export_options(opset: int, max_batch: int) -> None:
@@ -66,9 +65,9 @@ def export_onnx(
     path: Path,
     image_size: int,
     metadata: dict[str, str],
-    dtype: torch.dtype = torch.float32,
-    opset: int = DEFAULT_OPSET,
-    max_batch: int = 256,
+    dtype: torch.dtype,
+    opset: int,
+    max_batch: int,
 ) -> None:
     """Write the network as a single-file ONNX model at `path` (checked by onnx.checker)."""
     import onnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from export.golden import ImageSet, golden_inputs, preprocess_source, save_golden
-from export.onnx_export import DEFAULT_OPSET, check_export_options, export_onnx, onnx_metadata
+from export.onnx_export import check_export_options, export_onnx, onnx_metadata
 from export.parity import compare
 from export.quantize import INT8_TARGETS, quantize_int8
 from export.report import ExportResult, cpu_name, parity_entry, record
@@ -26,6 +26,7 @@ from stml_deploy.package import (
     PRECISIONS,
     WEIGHTS_NAME,
     ModelPackage,
+    check_precision,
     onnx_name,
 )
 from stml_deploy.parity_files import GOLDEN_NAME, ParityEntry
@@ -37,17 +38,19 @@ from training.sources import ImageSource
 
 @dataclass
 class OnnxExportRequest:
+    """The options of export/api.py's "onnx" format (their defaults are named there)."""
+
     package: str
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
-    int8_target: str = "cpu"
-    calib: str | None = None
-    calib_size: int = 256
-    parity_data: str | None = None
-    parity_size: int = 500
-    data_root: str | None = None
-    max_batch: int = 256
-    opset: int = DEFAULT_OPSET
-    keep_failed: bool = False
+    precisions: list[str]
+    int8_target: str
+    calib: str | None
+    calib_size: int
+    parity_data: str | None
+    parity_size: int
+    data_root: str | None
+    max_batch: int
+    opset: int
+    keep_failed: bool
     golden_real: int = 32
     golden_random: int = 8
 
@@ -64,14 +67,13 @@ class _References:
     golden_embedding: np.ndarray
 
 
-def parse_precisions(text: str) -> list[str]:
-    wanted = [p.strip().lower() for p in text.split(",") if p.strip()]
-    unknown = [p for p in wanted if p not in PRECISIONS]
-    if unknown or not wanted:
-        raise StmlError(
-            f"unknown precision {', '.join(unknown) or text!r}; choose from {', '.join(PRECISIONS)}"
-        )
-    return [p for p in PRECISIONS if p in wanted]  # fp32 first: the others derive from it
+def ordered_precisions(wanted: list[str]) -> list[str]:
+    """The precisions asked for, each checked, fp32 first (the others derive from it)."""
+    if not wanted:
+        raise StmlError(f"no precision given; choose from {', '.join(PRECISIONS)}")
+    for precision in wanted:
+        check_precision(precision)
+    return [p for p in PRECISIONS if p in wanted]
 
 
 def _data_source(
@@ -112,6 +114,7 @@ class OnnxExporter:
         if req.calib_size < 1 or req.parity_size < 2:
             raise StmlError("--calib-size must be >= 1 and --parity-size >= 2")
         check_export_options(req.opset, req.max_batch)
+        req = replace(req, precisions=ordered_precisions(list(req.precisions)))
         self.req = req
         self.package = ModelPackage.load(req.package, verify=False)
         self.package.verify(only=[WEIGHTS_NAME])

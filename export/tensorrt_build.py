@@ -47,11 +47,13 @@ from stml_deploy.trt_runtime import TrtEngineRunner, tensorrt
 
 @dataclass
 class EngineRequest:
+    """The options of export/api.py's "trt" format (their defaults are named there)."""
+
     package: str
-    precision: str = "fp16"
-    batch: str = "1,8,32"
-    workspace_gib: float = 2.0
-    keep_failed: bool = False
+    precision: str
+    batch: str
+    workspace_gib: float
+    keep_failed: bool
 
 
 def parse_batch_profile(text: str) -> tuple[int, int, int]:

@@ -14,7 +14,7 @@ from stml_deploy import onnx_runtime
 from stml_deploy.config import GRAPH_INPUT
 from stml_deploy.console import info
 from stml_deploy.errors import BackendUnavailableError, MissingDependencyError, StmlError
-from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, onnx_name
+from stml_deploy.package import ENGINES_DIR, PRECISIONS, ModelPackage, check_precision, onnx_name
 
 BACKENDS = ("auto", "onnx", "onnx-cuda", "trt")
 AUTO = "auto"
@@ -177,8 +177,8 @@ def open_backend(
     (fp16 first); otherwise fp32."""
     if backend not in BACKENDS:
         raise StmlError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if precision != AUTO and precision not in PRECISIONS:
-        raise StmlError(f"unknown precision {precision!r}; one of auto, {', '.join(PRECISIONS)}")
+    if precision != AUTO:
+        check_precision(precision, "precision (or auto)")
     onnx_precision = "fp32" if precision == AUTO else precision
     if onnx_name(onnx_precision) in package.artifacts:
         package.verify(only=[onnx_name(onnx_precision)])

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from stml_deploy.backends import open_backend
+from stml_deploy.backends import AUTO, BACKENDS, open_backend
 from stml_deploy.errors import StmlError
-from stml_deploy.package import PRECISIONS, ModelPackage, onnx_name
+from stml_deploy.package import PRECISIONS, ModelPackage, check_precision, onnx_name
 from stml_deploy.parity_files import GOLDEN_NAME, REAL, load_golden
 from stml_deploy.parity_metrics import tensor_metrics, topk_overlap
 
@@ -51,6 +51,12 @@ def bench(
     """Rows of measurements, and a note for every combination that cannot run here."""
     if min(batch_sizes) < 1 or repeats < 1:
         raise StmlError("batch sizes and --repeats must be positive")
+    unknown = [b for b in backends if b not in BACKENDS or b == AUTO]
+    if unknown:
+        named = ", ".join(b for b in BACKENDS if b != AUTO)
+        raise StmlError(f"unknown backend {', '.join(unknown)} for --backends; one of {named}")
+    for precision in precisions or ():
+        check_precision(precision, "precision for --precisions")
     golden = load_golden(package.path(GOLDEN_NAME))
     real = golden["kind"] == REAL
     precisions = precisions or [p for p in PRECISIONS if onnx_name(p) in package.artifacts]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,8 +22,12 @@ from rich.progress import (
 from rich.text import Text
 
 # Logs and pipes get 120 columns (rich's default of 80 truncates tables); terminals their own.
-stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+# markup=False: every string printed, table cells and titles included, is shown as it is (user
+# strings are file names, not markup); styling goes through Text objects.
+stderr = Console(
+    stderr=True, highlight=False, markup=False, width=None if sys.stderr.isatty() else 120
+)
+stdout = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 120)
 
 
 def printable(text: object) -> str:
@@ -39,7 +42,7 @@ def plain(text: object) -> Text:
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {escape(printable(message))}", soft_wrap=True)
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), soft_wrap=True)
 
 
 def info(message: str) -> None:

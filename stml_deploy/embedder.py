@@ -67,9 +67,7 @@ class Embedder:
     ) -> Embedder:
         """A package from the Hugging Face Hub (downloaded once, then from the local cache);
         `token` for private repos (default: HF_TOKEN or the saved login)."""
-        from stml_deploy.hub import pull_to_cache
-
-        return cls(pull_to_cache(repo_id, revision, token=token), **kwargs)
+        return cls(ModelPackage.from_pretrained(repo_id, revision, token), **kwargs)
 
     @property
     def dim(self) -> int:

@@ -131,3 +131,30 @@ def _checked_items(sidecar: Path, document: object, vectors_sha256: str) -> list
             sidecar,
         )
     return items
+
+
+def embed_to_file(
+    package: str,
+    images: Sequence[str],
+    out: str | os.PathLike[str],
+    backend: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    strict: bool = False,
+) -> tuple[Path, Path, int, int, int]:
+    """`stml embed`: embed the images (files or folders) with a package and write the pair;
+    returns (vectors file, items file, rows, dim, images skipped). Nothing is written when
+    no image could be read."""
+    from stml_deploy.embedder import Embedder
+    from stml_deploy.errors import StmlError
+    from stml_deploy.images import expand_image_args
+
+    paths = expand_image_args(list(images))
+    with Embedder.from_package(
+        package, backend=backend, precision=precision, batch_size=batch_size
+    ) as embedder:
+        result = embedder.embed_paths(paths, strict=strict)
+    if not result.items:
+        raise StmlError("none of the images could be read; nothing written")
+    sidecar = write_embeddings(out, result.vectors, result.items)
+    return Path(out), sidecar, len(result.items), result.vectors.shape[1], len(result.skipped)

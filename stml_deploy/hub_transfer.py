@@ -11,16 +11,21 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from stml_deploy.atomic import atomic_directory
+from stml_deploy.atomic import atomic_directory, recover_directory, sibling_path
 from stml_deploy.config import HubOrigin
 from stml_deploy.console import info, warn
-from stml_deploy.errors import ArtifactMismatchError, HubError, MissingDependencyError, StmlError
+from stml_deploy.errors import (
+    ArtifactMismatchError,
+    HubError,
+    MissingDependencyError,
+    PackageError,
+    StmlError,
+)
 from stml_deploy.model_card import GENERATED_MARKER, render_card
 from stml_deploy.package import CONFIG_NAME, ENGINES_DIR, ModelPackage
 from stml_deploy.parity_files import REPORT_NAME
@@ -330,22 +335,34 @@ def download_package(
             raise HubError(f"{repo_id}: not an stml model package (no {CONFIG_NAME})")
         target = Path(out).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)  # staging sits beside it: same filesystem
+        recover_directory(target)  # an earlier pull killed half-way through its swap
         _check_pull_target(target, names)
-        with tempfile.TemporaryDirectory(prefix=".stml-pull-", dir=target.parent) as staging:
+        # named like atomic_directory's siblings: the next pull's swap removes an abandoned one
+        staging = sibling_path(target, "pull")
+        staging.mkdir()
+        where = f"{repo_id}@{commit[:12]}"
+        try:
             hub.snapshot_download(
                 repo_id, revision=commit, token=token, local_dir=staging, library_name="stml"
             )
             with atomic_directory(target) as tmp:
                 for name in names:
-                    src = Path(staging) / name
+                    src = staging / name
                     if not src.is_file():
-                        raise HubError(f"{repo_id}@{commit[:12]}: {name} missing after download")
+                        raise HubError(f"{where}: {name} missing after download")
                     dest = tmp / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dest)
-                package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
+                try:
+                    package = ModelPackage.load(tmp, verify=True)  # every artifact's sha256
+                except PackageError as exc:  # name the repository, not the temporary folder
+                    raise HubError(
+                        str(exc).replace(f"{tmp}/", f"{where}: ").replace(str(tmp), where)
+                    ) from None
                 _carry_engines(target / ENGINES_DIR, tmp / ENGINES_DIR, package)
                 package.config.hub = HubOrigin(repo_id, revision or "main", commit)
                 package.save()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     info(f"pulled {repo_id}@{commit[:12]} into {target}")
     return ModelPackage.load(target, verify=verify)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stml_deploy import index_hnsw, index_quality
-from stml_deploy.atomic import atomic_directory, atomic_write_json
+from stml_deploy.atomic import atomic_directory, atomic_write_json, recover_directory
 from stml_deploy.console import warn
-from stml_deploy.errors import StmlError
+from stml_deploy.errors import PackageError, StmlError
 from stml_deploy.neighbours import SearchResult, check_engine, faiss_module, nearest
 
 if TYPE_CHECKING:
@@ -46,16 +46,74 @@ def check_kind(kind: str) -> None:
 
 def _check_meta(root: Path, meta: Any) -> None:
     """index.json has the fields and types the rest of the code relies on."""
+    where = root / META_NAME
     expected = {"model": dict, "dim": int, "kind": str, "count": int}
     if not isinstance(meta, dict):
-        raise StmlError(f"{root}: damaged index ({META_NAME} is not a JSON object)")
+        raise PackageError(f"{where}: damaged index (not a JSON object)", where)
     wrong = [k for k, t in expected.items() if not isinstance(meta.get(k), t)]
     if not wrong and not isinstance(meta["model"].get("weights_sha256"), str):
         wrong = ["model.weights_sha256"]
+    names = meta.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
+        wrong.append("class_names (a list of names)")
+    if meta.get("hnsw") is not None and not isinstance(meta["hnsw"], dict):
+        wrong.append("hnsw")
     if wrong:
-        raise StmlError(f"{root}: damaged index ({META_NAME} lacks a valid {', '.join(wrong)})")
+        raise PackageError(f"{where}: damaged index (no valid {', '.join(wrong)})", where)
     if meta["kind"] not in KINDS:
-        raise StmlError(f"{root}: damaged index (unknown kind {meta['kind']!r})")
+        raise PackageError(f"{where}: damaged index (unknown kind {meta['kind']!r})", where)
+
+
+def _read_items(path: Path) -> list[dict[str, Any]]:
+    """items.jsonl: one {"id": int, "path": str, "label": int | null} object per line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path}: damaged index (not UTF-8: {exc.reason})", path) from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PackageError(
+                f"{path}: damaged index (line {number} is not JSON: {exc.msg})", path
+            ) from None
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("path"), str)
+            or not isinstance(item.get("id"), int)
+            or not (item.get("label") is None or isinstance(item.get("label"), int))
+        ):
+            raise PackageError(
+                f"{path}: damaged index (line {number} is not an item: an object with id, path, label)",
+                path,
+            )
+        items.append(item)
+    return items
+
+
+def _read_vectors(path: Path) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:  # numpy says "mmap length is greater than file size" and alike
+        raise PackageError(
+            f"{path}: damaged index (truncated, or not a .npy array: {exc})", path
+        ) from None
+    for start in range(
+        0, len(vectors), 65536
+    ):  # a NaN row would never be found, not even for its own image
+        block = np.asarray(vectors[start : start + 65536])
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) if block.ndim == 2 else []
+        if len(bad):
+            raise PackageError(
+                f"{path}: damaged index (row {start + int(bad[0])} is not finite, NaN or inf); rebuild it",
+                path,
+            )
+    return vectors
 
 
 def _now() -> str:
@@ -112,6 +170,12 @@ class GalleryIndex:
             raise StmlError(
                 f"vectors of dim {vectors.shape[1:]} do not fit an index of dim {self.dim}"
             )
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):  # such a row could never be found, not even by its own image
+            raise StmlError(
+                f"{paths[int(bad[0])]}: its embedding is not finite (NaN or inf); "
+                f"{len(bad)} such image(s), nothing added"
+            )
         known = {item["path"] for item in self.items}
         keep = [i for i, p in enumerate(paths) if p not in known]
         if len(keep) < len(paths):
@@ -154,20 +218,26 @@ class GalleryIndex:
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> GalleryIndex:
         root = Path(root)
+        restored = recover_directory(root)
+        if restored is not None:
+            warn(f"{root}: restored from {restored.name}, left by an interrupted write")
         meta_path = root / META_NAME
         if not meta_path.is_file():
-            raise StmlError(f"{root}: not a gallery index (no {META_NAME})")
+            raise PackageError(f"{root}: not a gallery index (no {META_NAME})", root)
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            vectors = np.load(root / VECTORS_NAME, mmap_mode="r", allow_pickle=False)
-            lines = (root / ITEMS_NAME).read_text(encoding="utf-8").splitlines()
-            items = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise StmlError(f"{root}: damaged index ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PackageError(
+                f"{meta_path}: damaged index (not valid JSON: {exc})", meta_path
+            ) from None
         version = meta.get("format_version", 0) if isinstance(meta, dict) else 0
         if isinstance(version, int) and version > FORMAT_VERSION:
-            raise StmlError(f"{root}: index format {version} is newer than this stml understands")
+            raise PackageError(
+                f"{root}: index format {version} is newer than this stml understands", root
+            )
         _check_meta(root, meta)
+        vectors = _read_vectors(root / VECTORS_NAME)
+        items = _read_items(root / ITEMS_NAME)
         count = meta.get("count")
         if (
             vectors.ndim != 2
@@ -175,9 +245,10 @@ class GalleryIndex:
             or len(vectors) != count
             or len(items) != count
         ):
-            raise StmlError(
+            raise PackageError(
                 f"{root}: damaged index ({len(vectors)} vectors of shape {vectors.shape[1:]}, {len(items)} items, "
-                f"index.json says {count} of dim {meta.get('dim')})"
+                f"index.json says {count} of dim {meta.get('dim')})",
+                root,
             )
         index = cls(meta, vectors, items, root)
         if index.kind == "hnsw" and faiss_module() is not None:

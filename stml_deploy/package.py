@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stml_deploy.atomic import atomic_write_text
 from stml_deploy.config import (
@@ -18,11 +19,15 @@ from stml_deploy.config import (
 from stml_deploy.errors import ArtifactMismatchError, PackageError, StmlError
 from stml_deploy.preprocess import PreprocessSpec
 
+if TYPE_CHECKING:
+    from stml_deploy.hub_transfer import PushResult
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_DIR = "onnx"
 PARITY_DIR = "parity"
 ENGINES_DIR = "engines"
+STATE_DIR = "train_state"  # training's resumable state, beside the package (never published)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -83,9 +88,16 @@ class ModelPackage:
                 raise ArtifactMismatchError(f"{file}: missing (listed in {CONFIG_NAME})", rel)
             actual = sha256_file(file)
             if actual != meta.sha256:
+                cut = rel == WEIGHTS_NAME and (self.root / STATE_DIR).is_dir()
+                why = (
+                    "a training run was probably interrupted between writing the weights and "
+                    "config.json: run the same stml train command with --resume to repair it"
+                    if cut
+                    else "the file is damaged or was modified"
+                )
                 raise ArtifactMismatchError(
                     f"{file}: sha256 mismatch (expected {meta.sha256[:12]}..., "
-                    f"found {actual[:12]}...); the file is damaged or was modified",
+                    f"found {actual[:12]}...); {why}",
                     rel,
                 )
             self._verified[rel] = actual
@@ -134,6 +146,40 @@ class ModelPackage:
             )
             raise PackageError(f"{self.root}: no {precision} ONNX model in this package{hint}")
         return self.path(rel)
+
+    # --- the Hub (huggingface_hub's mixin conventions) -------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        revision: str | None = None,
+        token: str | None = None,
+        verify: bool = True,
+    ) -> ModelPackage:
+        """The package published as `repo_id` (at a branch, tag or commit), from the local Hub
+        cache, downloaded when online; every file's sha256 checked."""
+        from stml_deploy.hub import pull_to_cache, split_ref
+
+        ref = split_ref(repo_id)
+        return pull_to_cache(ref.repo_id, revision or ref.revision, verify=verify, token=token)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        revision: str | None = None,
+        create_pr: bool = False,
+        commit_message: str | None = None,
+        token: str | None = None,
+        replace_readme: bool = False,
+    ) -> PushResult:
+        """Publish this package (config, weights, ONNX, parity, model card) as `repo_id`."""
+        from stml_deploy.hub_transfer import push_package
+
+        return push_package(
+            str(self.root), repo_id, private, revision, create_pr, commit_message, token,
+            replace_readme,
+        )  # fmt: skip
 
     # --- writing -------------------------------------------------------------------------
     def record_artifact(self, rel: str, kind: str | None = None, **details: object) -> None:

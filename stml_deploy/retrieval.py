@@ -97,9 +97,15 @@ def _embedder_for(
             f"{exc} (the model this index was built with; give --package to point at it)"
         ) from None
     index.check_model(package.weights_sha256, ref)
-    return Embedder(
+    embedder = Embedder(
         package, backend, precision or index.meta["model"].get("precision", "fp32"), batch_size
     )
+    try:
+        _refuse_other_variant(index, embedder)
+    except StmlError:
+        embedder.close()
+        raise
+    return embedder
 
 
 def add_to_index(
@@ -114,8 +120,9 @@ def add_to_index(
     index = GalleryIndex.load(index_path)
     paths = expand_image_args(images)
     with _embedder_for(index, package_ref, backend, precision, batch_size) as embedder:
-        _refuse_other_variant(index, embedder)
         result = embedder.embed_paths(paths, strict=strict, description="embedding new images")
+    if not result.items:
+        raise StmlError(f"none of the images could be read; {index_path} is unchanged")
     # new images in a folder named like one of the index's classes get that label
     labels = [query_label(index, p) for p in result.items] if index.class_names else None
     added = index.extend(result.vectors, [str(Path(p).resolve()) for p in result.items], labels)
@@ -131,7 +138,7 @@ def _refuse_other_variant(index: GalleryIndex, embedder: Embedder) -> None:
     precision, sha = model.get("precision"), model.get("onnx_sha256")
     if precision and embedder.backend.precision != precision:
         raise StmlError(
-            f"the index holds {precision} embeddings; adding {embedder.backend.precision} ones "
+            f"the index holds {precision} embeddings; {embedder.backend.precision} ones "
             f"would mix two variants (use --precision {precision})"
         )
     if sha and _variant_sha(embedder) not in (None, sha):

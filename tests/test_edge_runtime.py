@@ -106,10 +106,14 @@ def test_embed_cli_writes_vectors_and_item_list(
     )
     assert result.code == 0, result.err
     assert "━" not in result.err  # stderr is a pipe: no progress bar
-    vectors = np.load(out)
-    items = json.loads((tmp_path / "emb.items.json").read_text())
-    assert vectors.shape == (len(list_images(digit_folder)), 16) and len(items) == len(vectors)
-    assert items[0].endswith(".png") and Path(items[0]).is_file()
+    from stml_deploy.embeddings_file import read_embeddings
+
+    written = read_embeddings(out)  # the pair, checked to belong together
+    assert np.array_equal(written.vectors, np.load(out))
+    assert written.vectors.shape == (len(list_images(digit_folder)), 16)
+    assert len(written.paths) == len(written.vectors)
+    assert written.paths[0].endswith(".png") and Path(written.paths[0]).is_file()
+    assert json.loads((tmp_path / "emb.items.json").read_text())["count"] == len(written.vectors)
 
 
 def test_bench_cli_reports_speed_and_parity(exported_package: Path) -> None:

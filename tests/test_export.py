@@ -207,7 +207,7 @@ def test_bad_inputs_are_one_line_and_touch_nothing(exported_package: Path, tmp_p
     cases = [
         (["--format", "tflite"], "unknown --format 'tflite'"),
         (["--precision", "int4"], "unknown precision 'int4'"),
-        (["--precision", ""], "unknown precision ''"),
+        (["--precision", ""], "expected a comma-separated list"),
         (["--precision", "int8", "--calib", str(empty)], "no readable images"),
         (
             ["--precision", "int8", "--calib", "digits", "--calib-size", "5000"],

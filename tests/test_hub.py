@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from stml_deploy.hub_transfer import package_files
 from stml_deploy.package import ModelPackage
@@ -359,3 +360,28 @@ def test_published_config_names_no_local_paths() -> None:
     assert json.loads(published)["metrics"]["test"]["data"]["root"] == "held_out"
     assert json.loads(published)["training"]["data"]["name"] == "folder products"
     assert config.metrics["test"].data.root == "/home/me/secret/held_out"  # a copy
+
+
+def test_python_api_push_to_hub_and_from_pretrained(
+    hub: HubServer, exported_package: Path, tmp_path: Path
+) -> None:
+    """The library API a user scripts with: ModelPackage.push_to_hub, .from_pretrained and
+    Embedder.from_pretrained against the loopback Hub, with the real client."""
+    script = (
+        "import sys, json\n"
+        "from stml_deploy import Embedder, ModelPackage\n"
+        "result = ModelPackage.load(sys.argv[1]).push_to_hub('user/api', commit_message='via api')\n"
+        "pulled = ModelPackage.from_pretrained('user/api')\n"
+        "with Embedder.from_pretrained('user/api', backend='onnx', precision='fp32') as e:\n"
+        "    vectors = e.embed_paths([sys.argv[2]]).vectors\n"
+        "print(json.dumps({'files': result.files, 'commit': result.commit_url,\n"
+        "                  'sha': pulled.weights_sha256, 'dim': vectors.shape[1]}))\n"
+    )
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    proc = python_with_hub(hub, tmp_path / "home", script, str(exported_package), str(image))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = ModelPackage.load(exported_package)
+    assert out["sha"] == local.weights_sha256 and out["dim"] == local.embedding_dim
+    assert "model.safetensors" in out["files"] and "onnx/model.onnx" in out["files"]

@@ -177,7 +177,7 @@ def test_index_refuses_other_models_and_keeps_the_old_index(
     built = json.loads((index_dir / "index.json").read_text())["model"]["precision"]
     other_precision = "fp32" if built != "fp32" else "int8"
     mixed = run_cli("index", "add", str(index_dir), query, "--precision", other_precision)
-    assert f"holds {built} embeddings; adding {other_precision}" in one_line_error(mixed)
+    assert f"holds {built} embeddings; {other_precision} ones would mix" in one_line_error(mixed)
     # an unknown --kind is refused before any image is embedded
     early = run_cli("index", "build", str(exported_package), str(digit_folder), "--out",
                     str(tmp_path / "k"), "--kind", "ivf")  # fmt: skip

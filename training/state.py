@@ -15,10 +15,9 @@ import torch
 from stml_deploy.atomic import atomic_directory, atomic_write_json, disk_errors, recover_directory
 from stml_deploy.console import warn
 from stml_deploy.errors import PackageError, StmlError
+from stml_deploy.package import STATE_DIR
 from training.config import TrainConfig
 from training.package_io import load_weights, save_weights
-
-STATE_DIR = "train_state"
 
 
 @dataclass
