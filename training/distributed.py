@@ -17,6 +17,7 @@ code path."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from training.device import resolve_device
 
 # environment variables that torchrun sets in every process it starts
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_PATIENCE = datetime.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in _TORCHRUN_VARIABLES)
 
 
-def _device_of_rank(name: str, local_rank: int, distributed: bool) -> torch.device:
+def _device_of_rank(name: str, local_rank: int) -> torch.device:
     device = resolve_device(name)
-    if not distributed or device.type != "cuda":
+    if device.type != "cuda":
         return device
     if device.index is not None:
         raise StmlError(
@@ -81,12 +83,14 @@ def join(device_name: str) -> Ranks:
         return Ranks(device=resolve_device(device_name))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
-    device = _device_of_rank(device_name, local_rank, True)
+    device = _device_of_rank(device_name, local_rank)
     if not dist.is_initialized():
+        # rank 0 alone builds the kNN table and validates while the others wait in a
+        # collective: allow that longer than NCCL's 10-minute default before calling it a hang
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, timeout=_PATIENCE)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=_PATIENCE)
     if rank != 0:  # logs and progress bars from rank 0 only
         console.stderr.quiet = True
         console.stdout.quiet = True
@@ -149,9 +153,10 @@ def _all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
 
 
 # --- arrays (mining, plans) -----------------------------------------------------------------
-def gather_arrays(local: np.ndarray, ranks: Ranks) -> np.ndarray:
+def gather_arrays(local: np.ndarray, ranks: Ranks, main_only: bool = False) -> np.ndarray:
     """Concatenate every rank's rows in rank order; ranks may hold different row counts
-    (shards of the train set, minus unreadable images)."""
+    (shards of the train set, minus unreadable images). `main_only`: only rank 0 receives
+    them (the others get no rows), so the train set's embeddings are not held world times."""
     if not ranks.distributed:
         return local
     device = _comm_device(ranks)
@@ -162,8 +167,14 @@ def gather_arrays(local: np.ndarray, ranks: Ranks) -> np.ndarray:
     padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=torch.from_numpy(local).dtype)
     padded[: len(local)] = torch.from_numpy(local)
     padded = padded.to(device)
-    parts = [torch.empty_like(padded) for _ in range(ranks.world)]
-    dist.all_gather(parts, padded)
+    if main_only:
+        parts = [torch.empty_like(padded) for _ in range(ranks.world)] if ranks.is_main else None
+        dist.gather(padded, parts, dst=0)
+        if not ranks.is_main:
+            return local[:0]
+    else:
+        parts = [torch.empty_like(padded) for _ in range(ranks.world)]
+        dist.all_gather(parts, padded)
     return np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes, strict=True)])
 
 

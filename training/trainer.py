@@ -173,7 +173,7 @@ class Trainer:
                 self.spec, self.device, self.req.eval_batch_size, self.workers,
                 self.req.strict, f"epoch {epoch + 1}: mining neighbours",
             )  # fmt: skip
-        vectors = gather_arrays(embedded.vectors, self.ranks)
+        vectors = gather_arrays(embedded.vectors, self.ranks, main_only=True)
         kept = gather_arrays(mine[embedded.kept], self.ranks)
         if len(kept) < len(source):
             self.active = self.active[kept]
@@ -181,11 +181,11 @@ class Trainer:
             raise StmlError(f"{self.req.source.root}: fewer than 2 readable images to train on")
         self._check_batch_fits(len(self.active))
         # one table, rank 0's, so every rank walks the same batch plan
-        width = min(self.cfg.neighbours, len(vectors))
+        width = min(self.cfg.neighbours, len(kept))
         table = (
             nearest_neighbour_table(vectors, self.cfg.neighbours)
             if self.ranks.is_main
-            else np.empty((len(vectors), width), dtype=np.int64)
+            else np.empty((len(kept), width), dtype=np.int64)
         )
         return from_main(table, self.ranks)
 
