@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 TINY = dict(backbone="test_vit", pretrained=False, image_size=32, resize=32, embedding_dim=16,
             aux_dim=32, batch_size=40, neighbours=4, lr=3e-3, momentum=0.9, workers=0)  # fmt: skip
@@ -89,24 +90,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--knn-rows", type=int, default=10000)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    cores = len(os.sched_getaffinity(0))
+    # (processes, torch threads per process): one process on all cores, one on one core (the
+    # per-rank share of two), and two processes of cores / 2 threads (what --nproc 2 sets)
+    setups = [(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))]
+    runs: dict[tuple[int, int], list[dict]] = {setup: [] for setup in setups}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # alternated: the machine is shared
-            for nproc in (1, 2):
-                out = Path(tmp) / f"{nproc}-{repeat}"
-                runs[nproc].append(_run(out, args.images, args.epochs, nproc))
+            for nproc, threads in setups:
+                if nproc == 1:  # (--nproc 2 sets its ranks' threads itself)
+                    torch.set_num_threads(threads)
+                out = Path(tmp) / f"{nproc}-{threads}-{repeat}"
+                runs[(nproc, threads)].append(_run(out, args.images, args.epochs, nproc))
         diff = _weight_difference(
-            runs[1][0]["package"].path("model.safetensors"),
-            runs[2][0]["package"].path("model.safetensors"),
+            runs[setups[0]][0]["package"].path("model.safetensors"),
+            runs[setups[2]][0]["package"].path("model.safetensors"),
         )
     best = {
-        f"{n}_process{'es' if n > 1 else ''}": {
-            "step_ms": min(r["step_ms"] for r in runs[n]),
-            "images_per_s": max(r["images_per_s"] for r in runs[n]),
-            "step_ms_each_run": [round(r["step_ms"], 1) for r in runs[n]],
+        f"{n} process(es) x {t} thread(s)": {
+            "step_ms": min(r["step_ms"] for r in runs[(n, t)]),
+            "images_per_s": max(r["images_per_s"] for r in runs[(n, t)]),
+            "step_ms_each_run": [round(r["step_ms"], 1) for r in runs[(n, t)]],
         }
-        for n in (1, 2)
+        for n, t in setups
     }
     knn_s = _knn_seconds(args.knn_rows)
     print(json.dumps({
