@@ -4,6 +4,7 @@ recipe, --resume and --init-from resolved the same way) and returns the model pa
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,4 +116,6 @@ def _rank_main(data: str, out: str, options: dict[str, Any]) -> str:
         return str(train(data, out, **options).root)
     except StmlError as exc:
         stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        # the launcher's own SIGINT to its workers may follow Ctrl-C's: not a second traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.exit(1)
