@@ -246,6 +246,33 @@ def train(
         int | None,
         typer.Option(help="Stop after N epochs of this invocation (continue later with --resume)."),
     ] = None,
+    sync_bn: Annotated[
+        bool,
+        typer.Option(help="Synchronise BatchNorm statistics across processes (CUDA only)."),
+    ] = False,
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the student for training (GPU paths).")
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Training processes on this node (one per GPU), started through torchrun's launcher."
+        ),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(help="Nodes of a multi-node run (torchrun --nnodes).")] = 1,
+    node_rank: Annotated[
+        int, typer.Option(help="This node's rank in a multi-node run (torchrun --node-rank).")
+    ] = 0,
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option(help="host:port of the multi-node rendezvous (torchrun --rdzv-endpoint)."),
+    ] = None,
+    rdzv_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Rendezvous backend, e.g. c10d (torchrun --rdzv-backend). [default: torchrun's]"
+        ),
+    ] = None,
     **hyperparameters: Any,
 ) -> None:
     """Train an embedding model on unlabelled images with STML; writes a model package."""
@@ -255,7 +282,9 @@ def train(
         data, out, recipe=recipe, data_root=data_root, split=split, val=val,
         val_split=val_split, max_images=max_images, name=name, device=device, amp=amp,
         workers=workers, strict=strict, resume=resume, overwrite=overwrite,
-        init_from=init_from, stop_after=stop_after, **hyperparameters,
+        init_from=init_from, stop_after=stop_after, sync_bn=sync_bn, compile=compile,
+        nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+        rdzv_backend=rdzv_backend, **hyperparameters,
     )  # fmt: skip
     training = package.config.training
     done = training.epochs_done if training is not None else 0

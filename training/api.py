@@ -4,9 +4,12 @@ recipe, --resume and --init-from resolved the same way) and returns the model pa
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+from stml_deploy.console import stderr
 from stml_deploy.errors import StmlError
 from stml_deploy.package import ModelPackage
 from training.config import TrainConfig, build_config, init_config
@@ -53,6 +56,13 @@ def train(
     overwrite: bool = False,
     init_from: str | None = None,
     stop_after: int | None = None,
+    sync_bn: bool = False,
+    compile: bool = False,
+    nproc: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    rdzv_backend: str | None = None,
     **hyperparameters: Any,
 ) -> ModelPackage:
     """Train an STML embedding model on the images in `data` (a folder, searched recursively,
@@ -60,7 +70,22 @@ def train(
     `hyperparameters` are TrainConfig's fields (backbone="resnet18", epochs=10, ...).
 
     >>> package = train("photos/", "runs/shop", backbone="resnet18", epochs=10)
+
+    `nproc` > 1 (or `nnodes` > 1) starts that many processes on this node through torch's
+    launcher, each one rank of a DDP run (docs/distributed.md); under torchrun leave them out.
     """
+    from training.launch import Launch, launch
+
+    ranks = Launch(nproc, nnodes, node_rank, rdzv_endpoint, rdzv_backend)
+    if ranks.wanted:
+        options = dict(
+            recipe=recipe, data_root=data_root, split=split, val=val, val_split=val_split,
+            max_images=max_images, name=name, device=device, amp=amp, workers=workers,
+            strict=strict, resume=resume, overwrite=overwrite, init_from=init_from,
+            stop_after=stop_after, sync_bn=sync_bn, compile=compile,
+        )  # fmt: skip
+        launch(ranks, _rank_main, str(data), str(out), {**options, **hyperparameters})
+        return ModelPackage.load(out)
     known = {f for f in TrainConfig.__dataclass_fields__ if f != "recipe"}
     unknown = sorted(set(hyperparameters) - known)
     if unknown:
@@ -76,6 +101,21 @@ def train(
     request = TrainRequest(
         cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
         strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
-        overwrite=overwrite, init_from=init_from,
+        overwrite=overwrite, init_from=init_from, sync_bn=sync_bn, compile=compile,
     )  # fmt: skip
     return run_training(request)
+
+
+def _rank_main(data: str, out: str, options: dict[str, Any]) -> str:
+    """One rank started by training.launch: train, or show this rank's error in one line and
+    exit non-zero, which makes the launcher stop the other ranks."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        return str(train(data, out, **options).root)
+    except StmlError as exc:
+        stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        # the launcher's own SIGINT to its workers may follow Ctrl-C's: not a second traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(1)

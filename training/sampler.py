@@ -58,3 +58,33 @@ class NeighbourBatchSampler:
             indices = self.table[queries].reshape(-1)
             seeds = rng.integers(0, 2**62, size=indices.shape[0])
             yield [(int(i), int(s)) for i, s in zip(indices, seeds, strict=True)]
+
+
+class RankSlice:
+    """Rank `rank`'s part of each global batch of `plan`: every rank walks the same seeded plan
+    and keeps its contiguous 1/world of the batch (augmentation seeds included), so the ranks
+    together load exactly the batch one process would."""
+
+    def __init__(self, plan: NeighbourBatchSampler, rank: int, world: int) -> None:
+        size = plan.queries_per_batch * plan.table.shape[1]
+        self.check_splits(size, world)
+        self.plan = plan
+        self.rank = rank
+        self.per_rank = size // world
+
+    @staticmethod
+    def check_splits(size: int, world: int) -> None:
+        """Refuse a global batch of `size` images that `world` ranks cannot share equally."""
+        if size % world:
+            raise StmlError(
+                f"the global batch of {size} images does not split evenly over {world} "
+                f"processes; choose a --batch-size whose multiple of --neighbours divides by {world}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start = self.rank * self.per_rank
+        for batch in self.plan:
+            yield batch[start : start + self.per_rank]

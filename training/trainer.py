@@ -1,6 +1,10 @@
 """The STML training loop (docs/design.md §7): per epoch, mine nearest-neighbour batches from the
 student's g embeddings, then for each batch: teacher pseudo labels W, student loss, optimizer
-step, EMA teacher update. After every epoch the package and the resumable state are written."""
+step, EMA teacher update. After every epoch the package and the resumable state are written.
+
+Under torchrun (training/distributed.py, docs/distributed.md) each rank embeds its shard of the
+train set for mining and its slice of every batch; the pseudo labels and losses are computed on
+the gathered global batch, so the run gives the model one process would. Rank 0 alone writes."""
 
 from __future__ import annotations
 
@@ -27,14 +31,27 @@ from stml_deploy.package import (
     ModelPackage,
 )
 from training.config import TrainConfig
-from training.device import autocast_factory, resolve_amp, resolve_device
+from training.device import autocast_factory, resolve_amp
+from training.distributed import (
+    Ranks,
+    barrier,
+    buffers_from_main,
+    disagreement,
+    from_main,
+    gather_arrays,
+    global_rows,
+    join,
+    joined,
+    shard,
+    wrap_student,
+)
 from training.embedding import embed_source
 from training.evaluate import retrieval_metrics
 from training.loaders import MultiViewDataset, collate_views, default_workers
 from training.losses import stml_loss
 from training.model import EmbeddingNet, make_teacher
 from training.package_io import architecture_of, build_student, write_package
-from training.sampler import NeighbourBatchSampler, nearest_neighbour_table
+from training.sampler import NeighbourBatchSampler, RankSlice, nearest_neighbour_table
 from training.similarity import contextual_similarity
 from training.sources import ImageSource
 from training.state import (
@@ -64,6 +81,9 @@ class TrainRequest:
     overwrite: bool = False
     eval_batch_size: int = 256
     init_from: str | None = None  # a package (path or hf://) whose weights start the run
+    # how to run, not what to learn (not recorded as hyper-parameters; --resume may change them)
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
+    compile: bool = False  # torch.compile the student's training forward
 
 
 def _prepare_out(req: TrainRequest) -> None:
@@ -116,10 +136,11 @@ def _scheduler(
 
 
 class Trainer:
-    def __init__(self, req: TrainRequest) -> None:
+    def __init__(self, req: TrainRequest, ranks: Ranks | None = None) -> None:
         self.req = req
         self.cfg = req.cfg
-        self.device = resolve_device(req.device)
+        self.ranks = ranks if ranks is not None else join(req.device)
+        self.device = self.ranks.device
         self.amp_dtype = resolve_amp(req.amp, self.device)
         self.autocast = autocast_factory(self.device, self.amp_dtype)
         self.workers = default_workers() if req.workers is None else req.workers
@@ -145,22 +166,33 @@ class Trainer:
         """Nearest-neighbour table over the train set; drops images that cannot be read."""
         student.eval()
         source = self._active_source()
+        mine = shard(len(source), self.ranks)  # this rank's share, gathered back in order
         with self.autocast():
             embedded = embed_source(
-                student.embed_aux, source, self.spec, self.device, self.req.eval_batch_size,
-                self.workers, self.req.strict, f"epoch {epoch + 1}: mining neighbours",
+                student.embed_aux, source.subset(mine) if self.ranks.distributed else source,
+                self.spec, self.device, self.req.eval_batch_size, self.workers,
+                self.req.strict, f"epoch {epoch + 1}: mining neighbours",
             )  # fmt: skip
-        if len(embedded.kept) < len(source):
-            self.active = self.active[embedded.kept]
+        vectors = gather_arrays(embedded.vectors, self.ranks, main_only=True)
+        kept = gather_arrays(mine[embedded.kept], self.ranks)
+        if len(kept) < len(source):
+            self.active = self.active[kept]
         if len(self.active) < 2:
             raise StmlError(f"{self.req.source.root}: fewer than 2 readable images to train on")
         self._check_batch_fits(len(self.active))
-        return nearest_neighbour_table(embedded.vectors, self.cfg.neighbours)
+        # one table, rank 0's, so every rank walks the same batch plan
+        width = min(self.cfg.neighbours, len(kept))
+        table = (
+            nearest_neighbour_table(vectors, self.cfg.neighbours)
+            if self.ranks.is_main
+            else np.empty((len(kept), width), dtype=np.int64)
+        )
+        return from_main(table, self.ranks)
 
     def _loader(self, sampler: NeighbourBatchSampler) -> DataLoader:
         return DataLoader(
             MultiViewDataset(self._active_source(), self.spec, self.cfg.views),
-            batch_sampler=sampler,
+            batch_sampler=RankSlice(sampler, self.ranks.rank, self.ranks.world),
             collate_fn=collate_views,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
@@ -186,6 +218,7 @@ class Trainer:
                 f"--val {req.val_source.root}: validation data needs labels (class sub-folders)"
             )
         self._check_batch_fits(len(req.source))
+        RankSlice.check_splits(cfg.batch_size // cfg.neighbours * cfg.neighbours, self.ranks.world)
         _prepare_out(req)
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
@@ -198,8 +231,11 @@ class Trainer:
 
             load_weights(open_package(req.init_from).path(WEIGHTS_NAME), student)
         teacher = make_teacher(student)
+        on = f"{self.device}" + (
+            f" x {self.ranks.world} processes" if self.ranks.distributed else ""
+        )
         info(
-            f"training on {req.source.name}: {len(req.source)} images; {cfg.epochs} epochs of {cfg.backbone} on {self.device}"
+            f"training on {req.source.name}: {len(req.source)} images; {cfg.epochs} epochs of {cfg.backbone} on {on}"
         )
         history: list[dict[str, Any]] = []
         start_epoch = global_step = 0
@@ -219,7 +255,7 @@ class Trainer:
                     return ModelPackage.load(req.out)
                 # stopped between writing the weights and config.json: the state has both
                 info(f"rewriting the package from the training state ({problem})")
-                return self._write_package(student, saved)
+                return self._publish(student, saved)
             info(f"resuming {req.out} after epoch {start_epoch}/{cfg.epochs}")
         student.to(self.device)
         teacher.to(self.device)
@@ -227,6 +263,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             student.to(memory_format=torch.channels_last)
             teacher.to(memory_format=torch.channels_last)
+        self.model = wrap_student(student, self.ranks, req.sync_bn)  # what the step calls
+        if req.compile:
+            self.model = torch.compile(self.model)
 
         table = self._mine(student, start_epoch)
         sampler = NeighbourBatchSampler(table, cfg.batch_size, cfg.seed)
@@ -278,7 +317,8 @@ class Trainer:
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - started, 2),
             }
-            if req.val_source is not None:
+            self._check_teacher_agrees(teacher, epoch)
+            if req.val_source is not None and self.ranks.is_main:
                 entry["validation"] = self._validate(student)
                 info(
                     f"epoch {epoch + 1}: validation "
@@ -294,12 +334,17 @@ class Trainer:
                 epoch + 1, global_step, cfg.to_dict(), req.source.summary(with_labels=False), history,
                 sorted(set(range(len(req.source))) - set(self.active.tolist())),
             )  # fmt: skip
-            if epoch == start_epoch:
+            if epoch == start_epoch and self.ranks.is_main:
                 _clear_derived(req.out)
-            save_state(req.out, student, teacher, optimizer, scheduler, saved)
-            package = self._write_package(student, saved)
+            if self.ranks.is_main:
+                save_state(req.out, student, teacher, optimizer, scheduler, saved)
+            package = self._publish(student, saved)
         assert package is not None
         return package
+
+    def _global(self, rows: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
+        """Every rank's rows of this batch, in one process's order (the identity on one)."""
+        return global_rows(rows, self.ranks, self.cfg.views, with_grad)
 
     def _step(
         self,
@@ -310,24 +355,46 @@ class Trainer:
         pixels: torch.Tensor,
         ids: torch.Tensor,
     ) -> dict[str, float]:
+        """student forward on this rank's slice -> gather the global batch -> W -> losses."""
         pixels = pixels.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         ids = ids.to(self.device)
         with self.autocast():
-            f, g = student(pixels)
+            f, g = self.model(pixels)
             with torch.no_grad():
                 _, teacher_g = teacher(pixels)
+        f, g = self._global(f, with_grad=True), self._global(g, with_grad=True)
+        teacher_g, ids = self._global(teacher_g), self._global(ids)
         w = contextual_similarity(teacher_g, ids, self.cfg.sigma, self.cfg.topk)
         terms = stml_loss(f, g, w, self.cfg.delta)
         optimizer.zero_grad(set_to_none=True)
+        # no rescaling by the world size: the gather's backward sums, DDP averages
         scaler.scale(terms.total).backward()
         scaler.step(optimizer)
         scaler.update()
         # after the step (the mean-teacher convention); the reference code updates before it,
         # which lags the teacher by one step: at momentum 0.999 a 0.1% difference per step
         ema_update(teacher, student, self.cfg.momentum)
+        buffers_from_main(teacher, self.ranks)  # per-rank BatchNorm statistics -> rank 0's
         return terms.as_floats()
+
+    def _check_teacher_agrees(self, teacher: EmbeddingNet, epoch: int) -> None:
+        """The ranks' teachers are identical by construction; a difference is a bug that would
+        make the ranks pseudo-label differently, so it stops the run."""
+        differs = disagreement(teacher, self.ranks)
+        if differs != 0.0:
+            raise StmlError(
+                f"epoch {epoch + 1}: the EMA teacher differs between ranks (by {differs:.3g}); "
+                "please report this"
+            )
+
+    def _publish(self, student: EmbeddingNet, saved: Progress) -> ModelPackage:
+        """Rank 0 writes the package; the others wait for it and open it (--out must be a
+        folder every rank sees)."""
+        package = self._write_package(student, saved) if self.ranks.is_main else None
+        barrier(self.ranks)
+        return package if package is not None else ModelPackage.load(self.req.out, verify=False)
 
     def _check_resume(self, saved: Progress) -> None:
         """The options come from the saved run (resume_config); the data must be the same."""
@@ -375,4 +442,6 @@ def _weights_record_problem(out: Path) -> PackageError | None:
 
 
 def train(req: TrainRequest) -> ModelPackage:
-    return Trainer(req).run()
+    """Train in this process: alone, or as one rank of a torchrun launch."""
+    with joined(req.device) as ranks:
+        return Trainer(req, ranks).run()
