@@ -253,6 +253,12 @@ def train(
     compile: Annotated[
         bool, typer.Option(help="torch.compile the student for training (GPU paths).")
     ] = False,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Also log every epoch to TensorBoard (tensorboard): DIR/logs/. history.csv and curves.png are always written."
+        ),
+    ] = None,
     nproc: Annotated[
         int,
         typer.Option(
@@ -282,7 +288,7 @@ def train(
         data, out, recipe=recipe, data_root=data_root, split=split, val=val,
         val_split=val_split, max_images=max_images, name=name, device=device, amp=amp,
         workers=workers, strict=strict, resume=resume, overwrite=overwrite,
-        init_from=init_from, stop_after=stop_after, sync_bn=sync_bn, compile=compile,
+        init_from=init_from, stop_after=stop_after, sync_bn=sync_bn, compile=compile, log=log,
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
         rdzv_backend=rdzv_backend, **hyperparameters,
     )  # fmt: skip

@@ -61,6 +61,14 @@ def _parity_table(package: ModelPackage) -> str:
     )
 
 
+def _curves(package: ModelPackage) -> str:
+    """The training curves and the per-epoch table, when the package carries them."""
+    if "curves.png" not in package.artifacts:
+        return ""
+    table = " (per epoch: [history.csv](history.csv))" if "history.csv" in package.artifacts else ""
+    return f"\n![loss terms and validation Recall@1 per epoch](curves.png){table}\n"
+
+
 def render_card(package: ModelPackage, repo_id: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -133,7 +141,7 @@ Data: {data.name if data else "?"} ({data.images if data else "?"} images, label
 | hyper-parameter | value |
 |---|---|
 {recipe}
-
+{_curves(package)}
 ## Preprocessing
 
 Resize the shorter side to {pre.resize} ({pre.interpolation}), center crop {pre.image_size},

@@ -200,3 +200,25 @@ def test_an_abandoned_pull_staging_folder_is_removed_by_the_next_swap(tmp_path: 
     with atomic_directory(target) as tmp:
         (tmp / "config.json").write_text("{}")
     assert not staging.exists() and (target / "config.json").is_file()
+
+
+def test_overwrite_on_a_full_disk_keeps_the_exported_package(tmp_path: Path) -> None:
+    """--overwrite deletes the old ONNX / parity files only after the new weights, config and
+    training state are written: when the disk fills first, the old package still loads."""
+    from stml_deploy.package import ModelPackage
+    from tests.conftest import TINY_TRAIN
+    from tests.small_disk import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", "12m") as disk:
+        package = disk / "pkg"
+        shutil.copytree(OLD, package)
+        fill(disk, leave=2_000_000)  # room for new weights (1.5 MB), not for the state (6 MB)
+        result = run_cli(
+            "train", "digits", "--max-images", "80", "--out", str(package), "--overwrite",
+            "--epochs", "1", *TINY_TRAIN,
+        )  # fmt: skip
+        last = result.err.strip().splitlines()[-1]
+        assert result.code == 1 and "Traceback" not in result.err
+        assert last.startswith("error: cannot write ") and "No space left" in last
+        kept = ModelPackage.load(package, verify=True)
+        assert (package / "onnx" / "model.onnx").is_file() and "onnx/model.onnx" in kept.artifacts

@@ -28,9 +28,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_package_has_config_and_safetensors_only(trained: Path) -> None:
+def test_package_has_config_safetensors_and_its_history(trained: Path) -> None:
     published = sorted(p.name for p in trained.iterdir() if p.name != "train_state")
-    assert published == ["config.json", "model.safetensors"]
+    assert published == ["config.json", "curves.png", "history.csv", "model.safetensors"]
+    rows = (trained / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert (trained / "curves.png").read_bytes().startswith(b"\x89PNG")
     config = json.loads((trained / "config.json").read_text())
     assert config["training"]["epochs_done"] == 2 and config["training"]["complete"]
     assert config["architecture"]["embedding_dim"] == 16
@@ -41,7 +44,8 @@ def test_package_has_config_and_safetensors_only(trained: Path) -> None:
     assert config["artifacts"]["model.safetensors"]["sha256"] == sha256_file(
         trained / "model.safetensors"
     )
-    ModelPackage.load(trained)  # hashes verify
+    package = ModelPackage.load(trained)  # hashes verify
+    assert {"history.csv", "curves.png"} <= set(package.artifacts)  # pushed with the package
     # safetensors: 8-byte little-endian header length, then a JSON header (no pickle opcodes)
     raw = (trained / "model.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")

@@ -58,6 +58,7 @@ def train(
     stop_after: int | None = None,
     sync_bn: bool = False,
     compile: bool = False,
+    log: str | None = None,
     nproc: int = 1,
     nnodes: int = 1,
     node_rank: int = 0,
@@ -82,7 +83,7 @@ def train(
             recipe=recipe, data_root=data_root, split=split, val=val, val_split=val_split,
             max_images=max_images, name=name, device=device, amp=amp, workers=workers,
             strict=strict, resume=resume, overwrite=overwrite, init_from=init_from,
-            stop_after=stop_after, sync_bn=sync_bn, compile=compile,
+            stop_after=stop_after, sync_bn=sync_bn, compile=compile, log=log,
         )  # fmt: skip
         launch(ranks, _rank_main, str(data), str(out), {**options, **hyperparameters})
         return ModelPackage.load(out)
@@ -96,12 +97,14 @@ def train(
     cfg = resolve_config(out, recipe, hyperparameters, resume, init_from)
     if stop_after is not None and stop_after < 1:
         raise StmlError("--stop-after must be at least 1")
+    if log not in (None, "tensorboard"):
+        raise StmlError(f"unknown --log {log!r}; the one logger is tensorboard")
     source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
     val_source = resolve_source(val, data_root, val_split) if val else None
     request = TrainRequest(
         cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
         strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
-        overwrite=overwrite, init_from=init_from, sync_bn=sync_bn, compile=compile,
+        overwrite=overwrite, init_from=init_from, sync_bn=sync_bn, compile=compile, log=log,
     )  # fmt: skip
     return run_training(request)
 

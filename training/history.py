@@ -84,6 +84,9 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+LOGS_DIR = "logs"  # --log tensorboard writes here, inside the package folder (never published)
+
+
 def write_history(folder: str | Path, history: Sequence[Entry]) -> list[str]:
     """Write `history.csv` and `curves.png` into `folder` (each atomically); returns their
     names, relative to `folder`, for the package's artifacts."""

@@ -47,6 +47,7 @@ from training.distributed import (
 )
 from training.embedding import embed_source
 from training.evaluate import retrieval_metrics
+from training.history import LOGS_DIR, TensorBoardLog, write_history
 from training.loaders import MultiViewDataset, collate_views, default_workers
 from training.losses import stml_loss
 from training.model import EmbeddingNet, make_teacher
@@ -84,6 +85,7 @@ class TrainRequest:
     # how to run, not what to learn (not recorded as hyper-parameters; --resume may change them)
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
     compile: bool = False  # torch.compile the student's training forward
+    log: str | None = None  # "tensorboard": epoch scalars to DIR/logs/ as well
 
 
 def _prepare_out(req: TrainRequest) -> None:
@@ -220,6 +222,8 @@ class Trainer:
         self._check_batch_fits(len(req.source))
         RankSlice.check_splits(cfg.batch_size // cfg.neighbours * cfg.neighbours, self.ranks.world)
         _prepare_out(req)
+        # a missing tensorboard is said before any work
+        board = TensorBoardLog(req.out / LOGS_DIR) if req.log and self.ranks.is_main else None
         torch.manual_seed(cfg.seed)
         student, self.spec = build_student(cfg)
         # read once (an hf-hub: backbone's timm config, from the Hub cache timm just filled)
@@ -288,9 +292,11 @@ class Trainer:
             sums = {"total": 0.0, "rc_f": 0.0, "rc_g": 0.0, "kl": 0.0}
             student.train()
             try:
-                with progress("loss", transient=False) as bar:
+                with progress("loss", transient=False) as bar:  # images/s and the epoch's ETA
                     task = bar.add_task(
-                        f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), loss=""
+                        f"epoch {epoch + 1}/{cfg.epochs}",
+                        total=len(sampler) * cfg.batch_size,
+                        loss="",
                     )
                     for step, (pixels, ids) in enumerate(self._loader(sampler)):
                         terms = self._step(student, teacher, optimizer, scaler, pixels, ids)
@@ -304,7 +310,7 @@ class Trainer:
                                 "try a lower --lr (or --amp off)"
                             )
                         shown = f"loss {terms['total']:.4f} (rc {terms['rc_f']:.3f}/{terms['rc_g']:.3f} kl {terms['kl']:.4f})"
-                        bar.update(task, advance=1, loss=shown)
+                        bar.update(task, advance=cfg.batch_size, loss=shown)
             except KeyboardInterrupt:
                 raise Interrupted(
                     f"interrupted in epoch {epoch + 1}; {req.out} holds the last complete epoch "
@@ -334,11 +340,17 @@ class Trainer:
                 epoch + 1, global_step, cfg.to_dict(), req.source.summary(with_labels=False), history,
                 sorted(set(range(len(req.source))) - set(self.active.tolist())),
             )  # fmt: skip
-            if epoch == start_epoch and self.ranks.is_main:
-                _clear_derived(req.out)
             if self.ranks.is_main:
                 save_state(req.out, student, teacher, optimizer, scheduler, saved)
             package = self._publish(student, saved)
+            # derived files of the previous weights go only once the new weights, config and
+            # state are safely written (a full disk before that leaves the old package whole)
+            if epoch == start_epoch and self.ranks.is_main:
+                _clear_derived(req.out)
+            if board is not None:
+                board.log_epoch(entry)
+        if board is not None:
+            board.close()
         assert package is not None
         return package
 
@@ -426,9 +438,13 @@ class Trainer:
         metrics = {}
         if saved.history and "validation" in saved.history[-1]:
             metrics["validation"] = MetricsRecord(saved.history[-1]["validation"])
-        return write_package(
+        package = write_package(
             self.req.out, student, self.architecture, self.spec, self.name, training, metrics
         )
+        # what a user watches: the history as a table and a picture, published with the package
+        for rel in write_history(self.req.out, saved.history):
+            package.record_artifact(rel, kind=rel.rsplit(".", 1)[0])
+        return package
 
 
 def _weights_record_problem(out: Path) -> PackageError | None:
