@@ -123,9 +123,14 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.01,0.1")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--protocols", default="a,b")
+    parser.add_argument("--backbone", default="resnet10t")
+    parser.add_argument("--labeled-ratio", type=float, default=TrainConfig.labeled_ratio)
+    parser.add_argument("--supervised-weight", type=float, default=TrainConfig.supervised_weight)
+    parser.add_argument("--methods", default="unsupervised,semi,supervised")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machine: 1)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     fractions = [float(x) for x in args.fractions.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     results: list[dict] = []
@@ -136,7 +141,11 @@ def main() -> None:
                 continue
             test = fashion_mnist("t10k", test_classes, args.test_images, seed=0)
             for seed in seeds:
-                cfg = replace(demo_config(args.epochs), batch_size=args.batch_size, seed=seed)
+                cfg = replace(
+                    demo_config(args.epochs), batch_size=args.batch_size, seed=seed,
+                    backbone=args.backbone, labeled_ratio=args.labeled_ratio,
+                    supervised_weight=args.supervised_weight,
+                )  # fmt: skip
                 data = fashion_mnist("train", train_classes, args.train_images, seed=seed)
                 steps = args.epochs * (len(data) // cfg.batch_size)
                 runs = [("unsupervised", None, None)]
@@ -144,6 +153,8 @@ def main() -> None:
                     _, labelled = attach_labels(data, None, fraction, seed)
                     runs += [("semi", fraction, labelled), ("supervised", fraction, labelled)]
                 for method, fraction, labelled in runs:
+                    if method not in args.methods.split(","):
+                        continue
                     t0 = time.perf_counter()
                     if method == "supervised":
                         student, spec = train_supervised_only(cfg, data, labelled, steps)
@@ -159,7 +170,7 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
     total = time.perf_counter() - started
     print(f"\ntotal {total / 60:.1f} min; train {args.train_images} images, test {args.test_images}, "
-          f"{args.epochs} epochs, batch {args.batch_size}\n")  # fmt: skip
+          f"{args.epochs} epochs, batch {args.batch_size}, {args.backbone}\n")  # fmt: skip
     print_table(results, fractions)
     if args.json is not None:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},

@@ -107,7 +107,9 @@ def _same_files(data: ImageSource, labelled: ImageSource) -> dict[int, int]:
         return found
     wanted: dict[str, list[int]] = {}
     for j in (j for group in by_size.values() for j in group):
-        wanted.setdefault(_file_sha256(labelled.items[j]), []).append(j)
+        digest = _file_sha256(labelled.items[j])
+        if digest is not None:
+            wanted.setdefault(digest, []).append(j)
     taken = set(found.values())
     for i, path in enumerate(data.items):
         if i in taken:
@@ -117,14 +119,18 @@ def _same_files(data: ImageSource, labelled: ImageSource) -> dict[int, int]:
         except OSError:  # unreadable files are the trainer's to report
             continue
         if size in by_size:
-            for j in wanted.get(_file_sha256(path), []):
+            for j in wanted.get(_file_sha256(path) or "", []):
                 found.setdefault(j, i)
     return found
 
 
-def _file_sha256(path: Path | str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def _file_sha256(path: Path | str) -> str | None:
+    """None for a file that cannot be read (the trainer reports unreadable images)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def _from_folder(
