@@ -227,6 +227,18 @@ def train(
         str, typer.Option(help="Split of --val when it is a dataset name.")
     ] = "test",
     max_images: MaxImages = None,
+    labeled: Annotated[
+        str | None,
+        typer.Option(
+            help="Semi-supervised: a folder with one sub-folder per class of labelled images (added to DATA; an image in both is used once, with its label)."
+        ),
+    ] = None,
+    labeled_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Semi-supervised: label a seeded, class-stratified fraction (0, 1] of a known dataset's training images; the rest stay unlabelled."
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(help="Model name recorded in the package. [default: the --out folder name]"),
@@ -286,7 +298,8 @@ def train(
 
     package = run_training(
         data, out, recipe=recipe, data_root=data_root, split=split, val=val,
-        val_split=val_split, max_images=max_images, name=name, device=device, amp=amp,
+        val_split=val_split, max_images=max_images, labeled=labeled,
+        labeled_fraction=labeled_fraction, name=name, device=device, amp=amp,
         workers=workers, strict=strict, resume=resume, overwrite=overwrite,
         init_from=init_from, stop_after=stop_after, sync_bn=sync_bn, compile=compile, log=log,
         nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,

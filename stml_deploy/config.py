@@ -248,6 +248,46 @@ class DataRecord:
 
 
 @dataclass
+class SupervisionRecord:
+    """The labels a semi-supervised run used: counts only (never the labels themselves), and
+    a fingerprint of them that --resume compares."""
+
+    labelled_images: int
+    classes: int
+    unlabelled_images: int
+    source: str  # "folder NAME" (--labeled) or the dataset whose labels were sampled
+    labels_sha256: str
+    fraction: float | None = None  # --labeled-fraction
+    seed: int | None = None  # of the fraction's draw
+    in_data: int | None = None  # labelled images that DATA also holds (used once)
+
+    @classmethod
+    def from_json(cls, data: Any, file: Path | str) -> SupervisionRecord:
+        return cls.parse(_Fields(data, file, "supervision"))
+
+    @classmethod
+    def parse(cls, f: _Fields) -> SupervisionRecord:
+        return cls(
+            labelled_images=f.int("labelled_images", required=True),
+            classes=f.int("classes", required=True),
+            unlabelled_images=f.int("unlabelled_images", required=True),
+            source=f.str("source", required=True),
+            labels_sha256=f.str("labels_sha256", required=True),
+            fraction=f.float("fraction"),
+            seed=f.int("seed"),
+            in_data=f.int("in_data"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _drop_none(
+            {"labelled_images": self.labelled_images, "classes": self.classes,
+             "unlabelled_images": self.unlabelled_images, "source": self.source,
+             "fraction": self.fraction, "seed": self.seed, "in_data": self.in_data,
+             "labels_sha256": self.labels_sha256}
+        )  # fmt: skip
+
+
+@dataclass
 class TrainingRecord:
     """How the weights were trained: the hyper-parameters (a record, not the architecture),
     the data, progress and the per-epoch history."""
@@ -261,10 +301,12 @@ class TrainingRecord:
     amp: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     init_from: str | None = None
+    supervision: SupervisionRecord | None = None  # semi-supervised runs only
 
     @classmethod
     def parse(cls, f: _Fields) -> TrainingRecord:
         data = f.object("data")
+        supervision = f.object("supervision")
         return cls(
             hyperparameters=f.dict("hyperparameters"),
             data=DataRecord.parse(data) if data is not None else None,
@@ -275,6 +317,7 @@ class TrainingRecord:
             amp=f.str("amp"),
             history=f.list("history"),
             init_from=f.str("init_from"),
+            supervision=SupervisionRecord.parse(supervision) if supervision is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -288,6 +331,7 @@ class TrainingRecord:
             "amp": self.amp,
             "history": self.history,
             "init_from": self.init_from,
+            **({"supervision": self.supervision.to_json()} if self.supervision else {}),
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stml_deploy.config import TrainingRecord
 from stml_deploy.hub import hub_backbone
 from stml_deploy.package import ModelPackage
 from stml_deploy.parity_files import read_report
@@ -69,6 +70,23 @@ def _curves(package: ModelPackage) -> str:
     return f"\n![loss terms and validation Recall@1 per epoch](curves.png){table}\n"
 
 
+def _labels_used(training: TrainingRecord | None) -> str:
+    """Counts only: a semi-supervised run's card says how many images were labelled, never
+    which or as what."""
+    s = training.supervision if training is not None else None
+    if s is None:
+        return "labels never used"
+    how = (
+        f"a class-stratified {s.fraction:g} of them, seed {s.seed}"
+        if s.fraction is not None
+        else f"from {s.source}"
+    )
+    return (
+        f"semi-supervised: {s.labelled_images} labelled in {s.classes} classes ({how}), "
+        f"{s.unlabelled_images} unlabelled"
+    )
+
+
 def render_card(package: ModelPackage, repo_id: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -77,6 +95,7 @@ def render_card(package: ModelPackage, repo_id: str) -> str:
     hyper = training.hyperparameters if training is not None else {}
     data = training.data if training is not None else None
     backbone = arch.backbone
+    supervised = training is not None and training.supervision is not None
     data_card = ModelCardData(
         library_name="stml",
         pipeline_tag="image-feature-extraction",
@@ -100,7 +119,7 @@ def render_card(package: ModelPackage, repo_id: str) -> str:
     body = f"""{GENERATED_MARKER}
 # {package.name}
 
-An image embedding model trained **without labels** with Self-Taught Metric Learning (STML,
+An image embedding model trained **{"without labels" if not supervised else "from a few labels and many unlabelled images"}** with Self-Taught Metric Learning (STML,
 Kim et al., CVPR 2022) with the stml toolkit. Backbone `{backbone}`, {arch.embedding_dim}-d
 L2-normalized embeddings (cosine similarity), input {pre.image_size} px.
 
@@ -135,7 +154,7 @@ Every file is listed with its sha256 in `config.json`; stml verifies them on loa
 
 ## Training
 
-Data: {data.name if data else "?"} ({data.images if data else "?"} images, labels never used);
+Data: {data.name if data else "?"} ({data.images if data else "?"} images, {_labels_used(training)});
 {training.epochs_done if training else "?"} epochs.
 
 | hyper-parameter | value |

@@ -252,3 +252,20 @@ def test_nccl_two_gpus_match_one_gpu_and_sync_bn(tmp_path: Path) -> None:  # pra
     # the AMP, pinned-memory and SyncBatchNorm paths under NCCL
     synced = _train(tmp_path / "bn", "test_resnet", epochs=1, device="cuda", nproc=2, sync_bn=True)
     assert synced.config.training.epochs_done == 1
+
+
+def test_semi_supervised_labels_travel_with_the_ids_across_ranks(tmp_path: Path) -> None:
+    """A few labels and two processes: each rank looks up its rows' labels and the labels are
+    gathered with the ids, so W's ground truth and the supervised loss see the global batch
+    exactly as one process does."""
+    torch.set_num_threads(1)
+    semi = dict(epochs=1, labeled_fraction=0.3, labeled_ratio=0.5)
+    one = _train(tmp_path / "one", "test_vit", **semi)
+    two = _train(tmp_path / "two", "test_vit", nproc=2, **semi)
+    a, b = load_file(one.path("model.safetensors")), load_file(two.path("model.safetensors"))
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 0.02, worst
+    (x,), (y,) = one.config.training.history, two.config.training.history
+    assert x["supervised"] > 0 and x["supervised"] == pytest.approx(y["supervised"], rel=1e-3)
+    assert x["total"] == pytest.approx(y["total"], rel=1e-3)
+    assert one.config.training.supervision == two.config.training.supervision

@@ -14,6 +14,7 @@ from stml_deploy.errors import StmlError
 from stml_deploy.package import ModelPackage
 from training.config import TrainConfig, build_config, init_config
 from training.named_datasets import resolve_source
+from training.semi_supervised import attach_labels
 from training.state import resume_config
 from training.trainer import TrainRequest
 from training.trainer import train as run_training
@@ -47,6 +48,8 @@ def train(
     val: str | None = None,
     val_split: str = "test",
     max_images: int | None = None,
+    labeled: str | os.PathLike[str] | None = None,
+    labeled_fraction: float | None = None,
     name: str | None = None,
     device: str = "auto",
     amp: str = "auto",
@@ -69,6 +72,9 @@ def train(
     """Train an STML embedding model on the images in `data` (a folder, searched recursively,
     or a dataset name: cub, cars, sop, fashion-mnist, digits) into the package folder `out`.
     `hyperparameters` are TrainConfig's fields (backbone="resnet18", epochs=10, ...).
+    Semi-supervised: `labeled` is a folder with one sub-folder per class (an image also in
+    `data` is used once, with its label), or `labeled_fraction` takes a seeded,
+    class-stratified share of a labelled `data`'s own labels; the rest stays unlabelled.
 
     >>> package = train("photos/", "runs/shop", backbone="resnet18", epochs=10)
 
@@ -84,6 +90,7 @@ def train(
             max_images=max_images, name=name, device=device, amp=amp, workers=workers,
             strict=strict, resume=resume, overwrite=overwrite, init_from=init_from,
             stop_after=stop_after, sync_bn=sync_bn, compile=compile, log=log,
+            labeled=labeled, labeled_fraction=labeled_fraction,
         )  # fmt: skip
         launch(ranks, _rank_main, str(data), str(out), {**options, **hyperparameters})
         return ModelPackage.load(out)
@@ -100,11 +107,13 @@ def train(
     if log not in (None, "tensorboard"):
         raise StmlError(f"unknown --log {log!r}; the one logger is tensorboard")
     source = resolve_source(data, data_root, split).limit(max_images, seed=cfg.seed)
+    source, supervision = attach_labels(source, labeled, labeled_fraction, cfg.seed)
     val_source = resolve_source(val, data_root, val_split) if val else None
     request = TrainRequest(
         cfg=cfg, source=source, out=out, name=name, device=device, amp=amp, workers=workers,
         strict=strict, val_source=val_source, stop_after=stop_after, resume=resume,
         overwrite=overwrite, init_from=init_from, sync_bn=sync_bn, compile=compile, log=log,
+        supervision=supervision,
     )  # fmt: skip
     return run_training(request)
 

@@ -9,6 +9,15 @@ from typing import Any
 from stml_deploy.config import PackageConfig
 from stml_deploy.errors import StmlError
 
+# --supervised-loss names -> pytorch-metric-learning loss classes (default arguments)
+SUPERVISED_LOSSES = {
+    "multi-similarity": "MultiSimilarityLoss",
+    "contrastive": "ContrastiveLoss",
+    "triplet-margin": "TripletMarginLoss",
+    "circle": "CircleLoss",
+    "ntxent": "NTXentLoss",
+}
+
 
 def _option(default: Any, help: str, default_text: str | None = None) -> Any:
     """A hyper-parameter that `stml train` offers as --NAME: its help and shown default live
@@ -42,6 +51,16 @@ class TrainConfig:
     seed: int = _option(0, "Seed of initialisation, sampling and augmentation.")
     recipe: str | None = None  # set by build_config from --recipe
 
+    # --- semi-supervised STML (issue 12): used only with --labeled / --labeled-fraction
+    labeled_ratio: float = _option(
+        0.25, "Share of each batch's query groups that are labelled groups (labelled runs)."
+    )
+    supervised_loss: str = _option(
+        "multi-similarity",
+        f"pytorch-metric-learning loss on the labelled images: {' | '.join(SUPERVISED_LOSSES)}.",
+    )
+    supervised_weight: float = _option(1.0, "Weight of the supervised loss (labelled runs).")
+
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "aux_dim", "image_size", "epochs", "batch_size", "views",
                     "neighbours")  # fmt: skip
@@ -67,6 +86,19 @@ class TrainConfig:
         if self.neighbours * self.views < 2:
             raise StmlError(
                 "--neighbours x --views must be at least 2 (the pseudo labels compare each image with others)"
+            )
+        self._check_semi_supervised()
+
+    def _check_semi_supervised(self) -> None:
+        if not 0.0 <= self.labeled_ratio <= 1.0:
+            raise StmlError(f"--labeled-ratio must be in [0, 1] (got {self.labeled_ratio})")
+        if self.supervised_loss not in SUPERVISED_LOSSES:
+            raise StmlError(
+                f"--supervised-loss {self.supervised_loss!r}: one of {', '.join(SUPERVISED_LOSSES)}"
+            )
+        if self.supervised_weight < 0:
+            raise StmlError(
+                f"--supervised-weight must be at least 0 (got {self.supervised_weight})"
             )
 
     @property

@@ -41,9 +41,17 @@ class LossTerms:
     rc_f: torch.Tensor
     rc_g: torch.Tensor
     kl: torch.Tensor
+    supervised: torch.Tensor | None = None  # semi-supervised runs: the labelled rows' loss
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "rc_f", "rc_g", "kl")}
+        names = ("total", "rc_f", "rc_g", "kl") + (
+            ("supervised",) if self.supervised is not None else ()
+        )
+        return {k: float(getattr(self, k).detach()) for k in names}
+
+    def plus_supervised(self, loss: torch.Tensor, weight: float) -> LossTerms:
+        """These terms with `weight x loss` added to the total."""
+        return LossTerms(self.total + weight * loss, self.rc_f, self.rc_g, self.kl, loss)
 
 
 def stml_loss(f: torch.Tensor, g: torch.Tensor, w: torch.Tensor, delta: float) -> LossTerms:

@@ -10,6 +10,7 @@ import numpy as np
 
 from stml_deploy.errors import StmlError
 from stml_deploy.neighbours import nearest
+from training.semi_supervised import LabelledGroups
 
 
 def nearest_neighbour_table(embeddings: np.ndarray, neighbours: int) -> np.ndarray:
@@ -39,11 +40,15 @@ class NeighbourBatchSampler:
         self.steps = max(1, table.shape[0] // batch_size)
         self.seed = seed
         self.epoch = 0
+        self.labelled: LabelledGroups | None = None  # semi-supervised: labelled query groups
 
-    def set_epoch(self, epoch: int, table: np.ndarray | None = None) -> None:
+    def set_epoch(
+        self, epoch: int, table: np.ndarray | None = None, labelled: LabelledGroups | None = None
+    ) -> None:
         self.epoch = epoch
         if table is not None:
             self.table = table
+        self.labelled = labelled
 
     def __len__(self) -> int:
         return self.steps
@@ -51,11 +56,17 @@ class NeighbourBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         m = self.table.shape[0]
-        needed = self.steps * self.queries_per_batch
-        order = np.concatenate([rng.permutation(m) for _ in range(-(-needed // m))])[:needed]
+        per_batch = self.queries_per_batch - (self.labelled.groups if self.labelled else 0)
+        needed = self.steps * per_batch
+        order = np.concatenate([rng.permutation(m) for _ in range(max(1, -(-needed // m)))])[
+            :needed
+        ]
         for step in range(self.steps):
-            queries = order[step * self.queries_per_batch : (step + 1) * self.queries_per_batch]
-            indices = self.table[queries].reshape(-1)
+            queries = order[step * per_batch : (step + 1) * per_batch]
+            indices = self.table[queries]
+            if self.labelled is not None:  # the batch's last groups are labelled groups
+                indices = np.concatenate([indices, self.labelled.draw(rng)])
+            indices = indices.reshape(-1)
             seeds = rng.integers(0, 2**62, size=indices.shape[0])
             yield [(int(i), int(s)) for i, s in zip(indices, seeds, strict=True)]
 

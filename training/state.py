@@ -28,6 +28,7 @@ class Progress:
     data: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)  # source indices found unreadable
+    supervision: dict[str, Any] | None = None  # semi-supervised runs: SupervisionRecord
 
 
 def state_dir(out: Path) -> Path:

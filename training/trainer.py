@@ -30,6 +30,7 @@ from stml_deploy.package import (
     WEIGHTS_NAME,
     ModelPackage,
 )
+from training import semi_supervised as semi
 from training.config import TrainConfig
 from training.device import autocast_factory, resolve_amp
 from training.distributed import (
@@ -86,6 +87,7 @@ class TrainRequest:
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
     compile: bool = False  # torch.compile the student's training forward
     log: str | None = None  # "tensorboard": epoch scalars to DIR/logs/ as well
+    supervision: semi.LabelledSet | None = None  # the labelled images (semi-supervised STML)
 
 
 def _prepare_out(req: TrainRequest) -> None:
@@ -287,7 +289,8 @@ class Trainer:
         for epoch in range(start_epoch, last_epoch):
             if epoch > start_epoch:
                 table = self._mine(student, epoch)
-            sampler.set_epoch(epoch, table)
+            labelled = semi.labelled_groups(req.supervision, self.active, cfg)
+            sampler.set_epoch(epoch, table, labelled)
             started = time.perf_counter()
             sums = {"total": 0.0, "rc_f": 0.0, "rc_g": 0.0, "kl": 0.0}
             student.train()
@@ -303,7 +306,7 @@ class Trainer:
                         scheduler.step()
                         global_step += 1
                         for key, value in terms.items():
-                            sums[key] += value
+                            sums[key] = sums.get(key, 0.0) + value
                         if not math.isfinite(terms["total"]):
                             raise StmlError(
                                 f"loss is not finite at epoch {epoch + 1}, step {step + 1}; "
@@ -339,6 +342,7 @@ class Trainer:
             saved = Progress(
                 epoch + 1, global_step, cfg.to_dict(), req.source.summary(with_labels=False), history,
                 sorted(set(range(len(req.source))) - set(self.active.tolist())),
+                semi.progress_record(req.supervision),
             )  # fmt: skip
             if self.ranks.is_main:
                 save_state(req.out, student, teacher, optimizer, scheduler, saved)
@@ -372,14 +376,18 @@ class Trainer:
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         ids = ids.to(self.device)
+        labels = semi.batch_labels(self.req.supervision, self.active, ids)  # -1: unlabelled
         with self.autocast():
             f, g = self.model(pixels)
             with torch.no_grad():
                 _, teacher_g = teacher(pixels)
         f, g = self._global(f, with_grad=True), self._global(g, with_grad=True)
         teacher_g, ids = self._global(teacher_g), self._global(ids)
+        if labels is not None:  # labels travel with the ids
+            labels = self._global(labels)
         w = contextual_similarity(teacher_g, ids, self.cfg.sigma, self.cfg.topk)
-        terms = stml_loss(f, g, w, self.cfg.delta)
+        w = semi.ground_truth_pairs(w, labels)  # labelled pairs: the ground truth
+        terms = semi.add_supervised(stml_loss(f, g, w, self.cfg.delta), f, labels, self.cfg)
         optimizer.zero_grad(set_to_none=True)
         # no rescaling by the world size: the gather's backward sums, DDP averages
         scaler.scale(terms.total).backward()
@@ -410,6 +418,7 @@ class Trainer:
 
     def _check_resume(self, saved: Progress) -> None:
         """The options come from the saved run (resume_config); the data must be the same."""
+        semi.check_resume(saved.supervision, self.req.supervision, self.req.out)
         now = self.req.source.summary(with_labels=False)
         if saved.data.get("images") != now.get("images") or saved.data.get("name") != now.get(
             "name"
@@ -434,6 +443,7 @@ class Trainer:
             amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             history=saved.history,
             init_from=self.req.init_from,
+            supervision=semi.package_record(saved.supervision),
         )
         metrics = {}
         if saved.history and "validation" in saved.history[-1]:
