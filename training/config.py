@@ -47,7 +47,10 @@ class TrainConfig:
         "Pooling of the backbone output: gap+gmp | gap | gmp (maps or patch tokens), cls, "
         "cls+gap (token models; + sums). auto: gap+gmp for CNNs (the paper's); for ViT-like "
         "models cls (the summary their pretraining trains), or gap over patch tokens without "
-        "a class token. Class and register tokens are never pooled as patches.",
+        "a class token. Class and register tokens are never pooled as patches. Known to "
+        "export fp32/fp16/int8 through the parity gate: ResNet, ConvNeXt, EfficientNet "
+        "(gap+gmp), ViT/DINOv2 (cls), ViT with registers and no class token (gap); "
+        "MobileNetV3 (gap+gmp): fp32/fp16, its int8 is still rejected (docs/backbones.md).",
     )
 
     def __post_init__(self) -> None:
