@@ -24,26 +24,21 @@ from export.api import export
 from export.golden import preprocess_source
 from export.report import cpu_name
 from stml_deploy import onnx_runtime
+from stml_deploy.config import DataRecord, TrainingRecord
 from stml_deploy.package import ModelPackage
 from stml_deploy.parity_files import read_report
 from training.config import TrainConfig
 from training.named_datasets import resolve_source
-from training.package_io import build_student, load_student, write_package
+from training.package_io import architecture_of, build_student, load_student, write_package
 
 
 def random_resnet18(root: Path, data: str) -> Path:
     cfg = TrainConfig(backbone="resnet18", pretrained=False, image_size=224, resize=256)
     torch.manual_seed(0)
     student, spec = build_student(cfg)
-    ref = resolve_source(data, None, "train").description["ref"]
-    write_package(
-        root,
-        student,
-        cfg,
-        spec,
-        "resnet18-random",
-        {"hyperparameters": cfg.to_dict(), "data": {"ref": ref}},
-    )
+    summary = resolve_source(data, None, "train").summary(with_labels=False)
+    record = TrainingRecord(cfg.to_dict(), DataRecord.from_json(summary), 0, False)
+    write_package(root, student, architecture_of(cfg, student), spec, "resnet18-random", record)
     return root
 
 

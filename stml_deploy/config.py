@@ -119,16 +119,24 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- records -------------------------------------------------------------------------------
+# Pooling of the backbone's output; "a+b" sums the two (training/model.py pool_features).
+POOLINGS = ("gap+gmp", "gap", "gmp", "cls", "cls+gap")
+
+
 @dataclass
 class Architecture:
-    """What rebuilds the network: the backbone, its pooling and the heads."""
+    """What rebuilds the network: the backbone (at image_size: token models are built for
+    it), its pooling and the heads."""
 
     backbone: str
     embedding_dim: int
     aux_dim: int
     image_size: int
     feature_dim: int
-    pooling: str = "gap+gmp"
+    pooling: str = "gap+gmp"  # one of POOLINGS (training/model.py says what each does)
+    # True only in packages from before token pooling skipped the class / register tokens
+    # (they pooled every token): read as such, so they embed as they always did
+    pool_prefix_tokens: bool = False
     # an hf-hub: backbone's timm architecture and arguments (rebuilt without the Hub)
     timm_architecture: str | None = None
     timm_model_args: dict[str, Any] | None = None
@@ -141,7 +149,8 @@ class Architecture:
             aux_dim=_positive(f, "aux_dim"),
             image_size=_positive(f, "image_size"),
             feature_dim=_positive(f, "feature_dim"),
-            pooling=f.str("pooling", "gap+gmp"),
+            pooling=_pooling(f),
+            pool_prefix_tokens=f.bool("pool_prefix_tokens", True),
             timm_architecture=f.str("timm_architecture"),
             timm_model_args=f.dict("timm_model_args") if f.has("timm_model_args") else None,
         )
@@ -155,10 +164,19 @@ class Architecture:
             "aux_dim": self.aux_dim,
             "image_size": self.image_size,
         }
+        if not self.pool_prefix_tokens:  # absent (old packages) reads as True
+            out["pool_prefix_tokens"] = False
         if self.timm_architecture is not None:
             out["timm_architecture"] = self.timm_architecture
             out["timm_model_args"] = self.timm_model_args or {}
         return out
+
+
+def _pooling(f: _Fields) -> str:
+    value = f.str("pooling", "gap+gmp")
+    if value not in POOLINGS:
+        raise f._bad("pooling", f"one of {', '.join(POOLINGS)}")
+    return value
 
 
 def _positive(f: _Fields, key: str) -> int:

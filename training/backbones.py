@@ -1,6 +1,11 @@
 """Backbones: any timm model by name (hf-hub: names included) or torchvision's GoogLeNet
-(the paper's). Each returns a module mapping normalized images to a feature map, its feature
-width, and the preprocessing its weights expect."""
+(the paper's). Each returns a module mapping normalized images to a feature map or a token
+sequence, its feature width, its prefix tokens, and the preprocessing its weights expect.
+
+Token models (ViT, DeiT, EVA, DINOv2...) fix their input size at creation (patch grid and
+position embeddings), so the training image size is passed to timm as `img_size`; with
+pretrained weights timm resamples the position embeddings to the new grid while loading.
+Every backbone is probed once at its image size, so one that cannot take it fails in one line."""
 
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ class Backbone:
     std: tuple[float, float, float]
     interpolation: str
     source: str  # "timm" or "torchvision"
+    tokens: bool = False  # the output is a token sequence [B,T,C], not a map
+    prefix_tokens: int = 0  # leading non-patch tokens (class, registers, distillation)
+    class_token: bool = False  # the first token is a class token
 
 
 class GoogLeNetFeatures(nn.Module):
@@ -85,7 +93,63 @@ def _googlenet(pretrained: bool) -> Backbone:
     )
 
 
-def _timm(name: str, pretrained: bool, model_args: dict[str, Any] | None = None) -> Backbone:
+def _create_timm(name: str, pretrained: bool, args: dict[str, Any], image_size: int) -> nn.Module:
+    """timm.create_model without pooling or classifier, at `image_size` for the models that
+    take one (a constructor without `img_size` raises TypeError naming it: convolutional
+    networks, which take any size)."""
+    import timm
+
+    common = dict(pretrained=pretrained, num_classes=0, global_pool="")
+    try:
+        try:
+            return timm.create_model(name, **common, **{**args, "img_size": image_size})
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(name, **common, **args)
+    except OSError as exc:  # download failures, offline
+        what = "pretrained weights" if pretrained else "the model's config from the Hub"
+        raise StmlError(f"cannot fetch {what} for {name!r}: {exc}") from None
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StmlError(
+            f"cannot create backbone {name!r} at image size {image_size}: {reason}"
+        ) from None
+
+
+def _check_patch_grid(name: str, net: nn.Module, image_size: int) -> None:
+    """A patch model silently drops the border pixels that do not fill a patch; refuse instead."""
+    patch = getattr(getattr(net, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    side = int(patch[0] if isinstance(patch, tuple | list) else patch)
+    if image_size % side:
+        raise StmlError(
+            f"backbone {name!r} splits images into {side} px patches: --image-size {image_size} "
+            f"is not a multiple of {side} (try {max(side, image_size // side * side)})"
+        )
+
+
+def _probe(name: str, module: nn.Module, image_size: int) -> torch.Tensor:
+    """One forward pass of a blank image: the output layout, and a clear line if the backbone
+    cannot take the size (too small for its strides, window sizes...)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return module(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StmlError(
+            f"backbone {name!r} cannot take --image-size {image_size}: {reason}"
+        ) from None
+    finally:
+        module.train(was_training)
+
+
+def _timm(
+    name: str, pretrained: bool, image_size: int, model_args: dict[str, Any] | None = None
+) -> Backbone:
     import timm
     from timm.data import resolve_model_data_config
 
@@ -93,27 +157,28 @@ def _timm(name: str, pretrained: bool, model_args: dict[str, Any] | None = None)
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise StmlError(f"unknown backbone {name!r}: not a timm model name{hint}")
-    try:
-        net = timm.create_model(
-            name, pretrained=pretrained, num_classes=0, global_pool="", **(model_args or {})
-        )
-    except (RuntimeError, TypeError) as exc:  # TypeError: arguments the model does not take
-        raise StmlError(f"cannot create backbone {name!r}: {exc}") from None
-    except OSError as exc:  # download failures, offline
-        what = "pretrained weights" if pretrained else "the model's config from the Hub"
-        raise StmlError(f"cannot fetch {what} for {name!r}: {exc}") from None
+    net = _create_timm(name, pretrained, dict(model_args or {}), image_size)
+    _check_patch_grid(name, net, image_size)
+    module = TimmFeatures(net)
+    tokens = _probe(name, module, image_size).dim() == 3
     cfg = resolve_model_data_config(net)
     interpolation = cfg.get("interpolation", "bilinear")
     if interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
         interpolation = "bilinear"
+    class_token = getattr(net, "has_class_token", None)
+    if class_token is None:  # EVA and others name only the parameter
+        class_token = getattr(net, "cls_token", None) is not None
     return Backbone(
-        TimmFeatures(net),
+        module,
         # models with a pre-logits projection report its width as head_hidden_size
         int(getattr(net, "head_hidden_size", None) or net.num_features),
         tuple(float(v) for v in cfg["mean"]),
         tuple(float(v) for v in cfg["std"]),
         interpolation,
         "timm",
+        tokens=tokens,
+        prefix_tokens=int(getattr(net, "num_prefix_tokens", 0) or 0) if tokens else 0,
+        class_token=bool(class_token) and tokens,
     )
 
 
@@ -142,11 +207,17 @@ def hub_backbone_recipe(name: str) -> dict[str, Any] | None:
         return None
 
 
-def create_backbone(name: str, pretrained: bool, recipe: dict[str, Any] | None = None) -> Backbone:
-    """`recipe` (from hub_backbone_recipe) rebuilds an `hf-hub:` backbone without the Hub when
-    no pretrained weights are wanted."""
+def create_backbone(
+    name: str, pretrained: bool, image_size: int, recipe: dict[str, Any] | None = None
+) -> Backbone:
+    """The backbone at `image_size`. `recipe` (from hub_backbone_recipe) rebuilds an `hf-hub:`
+    backbone without the Hub when no pretrained weights are wanted (its recorded `img_size`,
+    the size it was published at, gives way to `image_size`)."""
     if name.lower() in GOOGLENET_NAMES:
-        return _googlenet(pretrained)
+        backbone = _googlenet(pretrained)
+        _probe(name, backbone.module, image_size)
+        return backbone
     if recipe and not pretrained and hub_backbone(name) is not None:
-        return _timm(recipe["timm_architecture"], False, recipe.get("timm_model_args") or {})
-    return _timm(name, pretrained)
+        args = recipe.get("timm_model_args") or {}
+        return _timm(recipe["timm_architecture"], False, image_size, args)
+    return _timm(name, pretrained, image_size)

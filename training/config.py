@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from stml_deploy.config import PackageConfig
+from stml_deploy.config import POOLINGS, PackageConfig
 from stml_deploy.errors import StmlError
 
 # --supervised-loss names -> pytorch-metric-learning loss classes (default arguments)
@@ -50,6 +50,17 @@ class TrainConfig:
     momentum: float = _option(0.999, "EMA momentum of the teacher.")
     seed: int = _option(0, "Seed of initialisation, sampling and augmentation.")
     recipe: str | None = None  # set by build_config from --recipe
+    # -- backbones (issue 10) --
+    pooling: str = _option(
+        "auto",
+        "Pooling of the backbone output: gap+gmp | gap | gmp (maps or patch tokens), cls, "
+        "cls+gap (token models; + sums). auto: gap+gmp for CNNs (the paper's); for ViT-like "
+        "models cls (the summary their pretraining trains), or gap over patch tokens without "
+        "a class token. Class and register tokens are never pooled as patches. Known to "
+        "export fp32/fp16/int8 through the parity gate: ResNet, ConvNeXt, EfficientNet "
+        "(gap+gmp), ViT/DINOv2 (cls), ViT with registers and no class token (gap); "
+        "MobileNetV3 (gap+gmp): fp32/fp16, its int8 is still rejected (docs/backbones.md).",
+    )
 
     # --- semi-supervised STML (issue 12): used only with --labeled / --labeled-fraction
     labeled_ratio: float = _option(
@@ -87,6 +98,8 @@ class TrainConfig:
             raise StmlError(
                 "--neighbours x --views must be at least 2 (the pseudo labels compare each image with others)"
             )
+        if self.pooling != "auto" and self.pooling not in POOLINGS:
+            raise StmlError(f"--pooling must be auto or one of {', '.join(POOLINGS)}")
         self._check_semi_supervised()
 
     def _check_semi_supervised(self) -> None:
@@ -184,7 +197,7 @@ def init_config(recipe: str | None, overrides: dict[str, Any], init: PackageConf
     arch = init.architecture
     fixed = {"backbone": arch.backbone, "embedding_dim": arch.embedding_dim,
              "aux_dim": arch.aux_dim, "image_size": arch.image_size,
-             "resize": init.preprocessing.resize}  # fmt: skip
+             "resize": init.preprocessing.resize, "pooling": arch.pooling}  # fmt: skip
     clash = sorted(
         k for k, v in fixed.items() if overrides.get(k) is not None and overrides[k] != v
     )

@@ -15,7 +15,7 @@ from stml_deploy.package import WEIGHTS_NAME, ModelPackage
 from stml_deploy.preprocess import PreprocessSpec
 from training.backbones import create_backbone, hub_backbone_recipe
 from training.config import TrainConfig
-from training.model import EmbeddingNet
+from training.model import EmbeddingNet, resolve_pooling
 
 
 def build_student(
@@ -23,7 +23,10 @@ def build_student(
 ) -> tuple[EmbeddingNet, PreprocessSpec]:
     """The student network a training configuration asks for, and the preprocessing its
     backbone expects."""
-    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
+    backbone = create_backbone(
+        cfg.backbone, cfg.pretrained if pretrained is None else pretrained, cfg.image_size
+    )
+    pooling = resolve_pooling(cfg.pooling, backbone, repr(cfg.backbone))
     spec = PreprocessSpec(
         image_size=cfg.image_size,
         resize=cfg.resize_side,
@@ -31,7 +34,7 @@ def build_student(
         mean=backbone.mean,
         std=backbone.std,
     )
-    return EmbeddingNet(backbone, cfg.embedding_dim, cfg.aux_dim), spec
+    return EmbeddingNet(backbone, cfg.embedding_dim, cfg.aux_dim, pooling=pooling), spec
 
 
 def architecture_of(cfg: TrainConfig, student: EmbeddingNet) -> Architecture:
@@ -44,6 +47,7 @@ def architecture_of(cfg: TrainConfig, student: EmbeddingNet) -> Architecture:
         aux_dim=cfg.aux_dim,
         image_size=cfg.image_size,
         feature_dim=student.g.in_features,
+        pooling=student.pooling,  # resolved: "auto" never reaches config.json
         timm_architecture=recipe.get("timm_architecture"),
         timm_model_args=recipe.get("timm_model_args"),
     )
@@ -57,8 +61,16 @@ def build_network(arch: Architecture) -> EmbeddingNet:
         if arch.timm_architecture
         else None
     )
-    backbone = create_backbone(arch.backbone, False, recipe)
-    return EmbeddingNet(backbone, arch.embedding_dim, arch.aux_dim)
+    backbone = create_backbone(arch.backbone, False, arch.image_size, recipe)
+    # checked again here: a hand-edited config must not pool a CNN by a class token
+    pooling = resolve_pooling(arch.pooling, backbone, repr(arch.backbone))
+    return EmbeddingNet(
+        backbone,
+        arch.embedding_dim,
+        arch.aux_dim,
+        pooling=pooling,
+        pool_prefix_tokens=arch.pool_prefix_tokens,
+    )
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,190 @@
+"""Benchmark: modern backbones through export, side by side in one run (docs/benchmarks.md,
+"Backbones").
+
+    .venv/bin/python benchmarks/backbones.py choices PACKAGE [PACKAGE...] [--data fashion-mnist]
+    .venv/bin/python benchmarks/backbones.py speed [--size 224] [--families resnet18,vit_small...]
+
+`choices`: for packages trained on real data (the gate is judged on models trained >= 2 epochs
+on Fashion-MNIST), the int8 parity of each quantization recipe (which ops, calibration
+method, per-channel), calibrated on the training split, checked on the held-out test split
+against torch fp32 with the export gate's own tolerances.
+
+`speed`: per family, a random-init network at --size px (random init is enough for speed):
+the export pipeline's fp32 / fp16 / int8 (cpu target) with its parity gate on Fashion-MNIST,
+then torch eager and each ONNX Runtime variant at batch 1 and 32 on the CPU (median of
+interleaved runs: exported_variants.speed_rows)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from exported_variants import speed_rows
+
+from export.onnx_export import export_onnx, onnx_metadata
+from export.onnx_pipeline import OnnxExporter, OnnxExportRequest, export_package_onnx
+from export.parity import compare
+from export.quantize import Int8Recipe, quantize_int8
+from export.report import cpu_name
+from stml_deploy import onnx_runtime
+from stml_deploy.config import DataRecord, DataRef, TrainingRecord
+from stml_deploy.package import ModelPackage
+from stml_deploy.parity_files import read_report
+from training.config import TrainConfig
+from training.named_datasets import resolve_source
+from training.package_io import architecture_of, build_student, load_student, write_package
+
+DEFAULT = Int8Recipe()
+ORT_DEFAULT = Int8Recipe(op_types=None, weight_matmuls_only=False)  # what stml did before
+RECIPES: dict[str, Int8Recipe] = {
+    "all ORT ops, MinMax (before)": ORT_DEFAULT,
+    "Conv/MatMul/Gemm, MinMax": DEFAULT,
+    "Conv/MatMul/Gemm, Percentile 99.999": replace(DEFAULT, calibration="percentile"),
+    "Conv/MatMul/Gemm, Entropy": replace(DEFAULT, calibration="entropy"),
+    "Conv/MatMul/Gemm, MinMax, per-tensor": replace(DEFAULT, per_channel=False),
+    "Conv/MatMul/Gemm + attention MatMuls, MinMax": replace(DEFAULT, weight_matmuls_only=False),
+    "Conv/MatMul/Gemm, MinMax, 8-bit weights": replace(DEFAULT, reduce_range=False),
+    "Conv/MatMul/Gemm, MinMax, depthwise in float": replace(DEFAULT, float_depthwise=True),
+    "Conv/MatMul/Gemm, Percentile, depthwise in float": replace(
+        DEFAULT, calibration="percentile", float_depthwise=True
+    ),
+}
+FAMILIES = {  # family: (timm name, what it stands for)
+    "ResNet": "resnet18",
+    "ConvNeXt": "convnext_atto",
+    "EfficientNet": "efficientnet_b0",
+    "MobileNetV3": "mobilenetv3_small_100",
+    "ViT-S": "vit_small_patch16_224",
+    "ViT-S + registers": "vit_small_patch14_reg4_dinov2",
+}
+
+
+def choices(packages: list[Path], data: str, targets: list[str]) -> None:
+    print("| model | recipe | target | cos min | cos mean | top-10 | R@1 torch | R@1 int8 | gate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for package in packages:
+        exporter = OnnxExporter(
+            OnnxExportRequest(str(package), ["int8"], calib=data, parity_data=data)
+        )
+        calibration = exporter._calibration_images()
+        ref = exporter._references(calibration)
+        arch = exporter.package.config.architecture
+        label = f"{arch.backbone} @{arch.image_size} ({arch.pooling})"
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            export_onnx(
+                exporter.net, fp32, arch.image_size, onnx_metadata(exporter.package, "fp32")
+            )
+            for target in targets:
+                for name, recipe in RECIPES.items():
+                    out = Path(tmp) / "int8.onnx"
+                    quantize_int8(fp32, out, calibration.pixels, target, recipe=recipe)
+                    session = onnx_runtime.create_session(out)
+                    check = compare(
+                        "int8",
+                        onnx_runtime.run_batches(session, ref.golden_pixels),
+                        ref.golden_embedding,
+                        ref.golden_kind,
+                        onnx_runtime.run_batches(session, ref.parity.pixels),
+                        ref.parity_embedding,
+                        ref.parity.labels,
+                    )
+                    t, r = check.real, check.retrieval
+                    print(
+                        f"| {label} | {name} | {target} | {t['cosine_min']:.4f} | {t['cosine_mean']:.4f} "
+                        f"| {r['top10_overlap']:.3f} | {100 * r['recall_at_1_reference']:.1f} "
+                        f"| {100 * r['recall_at_1']:.1f} | {'pass' if check.passed else 'FAIL'} |",
+                        flush=True,
+                    )
+
+
+def size_of(net: torch.nn.Module, size: int) -> tuple[int, float]:
+    """Parameters and forward FLOPs per image (torch's flop counter: matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        net.embed(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    return sum(p.numel() for p in net.parameters()), counter.get_total_flops() / 1e9
+
+
+def random_package(root: Path, backbone: str, size: int, data: str) -> Path:
+    cfg = TrainConfig(backbone=backbone, pretrained=False, image_size=size, resize=size)
+    torch.manual_seed(0)
+    student, spec = build_student(cfg)
+    ref = resolve_source(data, None, "train").description["ref"]
+    source = resolve_source(data, None, "train")
+    record = DataRecord(source.name, len(source), ref=DataRef(**ref))
+    training = TrainingRecord(cfg.to_dict(), record, epochs_done=0, complete=False)
+    write_package(root, student, architecture_of(cfg, student), spec, backbone, training)
+    return root
+
+
+def speed(families: list[str], size: int, data: str, repeats: int) -> None:
+    from export.golden import preprocess_source
+
+    for family in families:
+        backbone = FAMILIES.get(family, family)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = random_package(Path(tmp) / "pkg", backbone, size, data)
+            result = export_package_onnx(
+                OnnxExportRequest(
+                    str(package), calib=data, parity_data=data, calib_size=128, parity_size=300
+                )
+            )
+            loaded = ModelPackage.load(package, verify=False)
+            params, gflops = size_of(load_student(loaded), size)
+            print(
+                f"\n### {family} ({backbone}, random init, {size} px, pooling "
+                f"{loaded.config.architecture.pooling}): {params / 1e6:.2f} M parameters, "
+                f"{gflops:.2f} GFLOPs (multiply-adds x 2) per image\n"
+            )
+            print("| artifact | cos min | top-10 | R@1 change (pt) | gate |")
+            print("|---|---|---|---|---|")
+            for entry in read_report(loaded):
+                t, r = entry.check.real, entry.check.retrieval
+                print(
+                    f"| {entry.artifact} | {t['cosine_min']:.5f} | {r['top10_overlap']:.3f} "
+                    f"| {100 * (r['recall_at_1'] - r['recall_at_1_reference']):+.1f} | {'pass' if entry.passed else 'FAIL'} |"
+                )
+            files = {
+                {"fp32": "ORT fp32", "fp16": "ORT fp16", "int8": "ORT int8"}[p]: loaded.onnx_path(p)
+                for p in ("fp32", "fp16", "int8")
+                if f"onnx/{loaded.onnx_path(p).name}" in result.written
+            }
+            pixels = preprocess_source(
+                resolve_source(data, None, "test"), loaded.preprocessing, 32, seed=5
+            ).pixels
+            print("\n| batch | runtime | ms / batch | images/s | vs torch eager | vs ORT fp32 |")
+            print("|---|---|---|---|---|---|")
+            print("\n".join(speed_rows(package, files, pixels, repeats)), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("choices")
+    c.add_argument("packages", nargs="+", type=Path)
+    c.add_argument("--data", default="fashion-mnist")
+    c.add_argument("--targets", default="cpu")
+    s = sub.add_parser("speed")
+    s.add_argument("--families", default=",".join(FAMILIES))
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--data", default="fashion-mnist")
+    s.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    print(
+        f"machine: {cpu_name()} ({platform.machine()}), torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnx_runtime.version()}"
+    )
+    if args.mode == "choices":
+        choices(args.packages, args.data, args.targets.split(","))
+    else:
+        speed(args.families.split(","), args.size, args.data, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
