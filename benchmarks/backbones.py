@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from exported_variants import speed_rows
 
+from export.api import export, onnx_request
 from export.onnx_export import export_onnx, onnx_metadata
-from export.onnx_pipeline import OnnxExporter, OnnxExportRequest, export_package_onnx
+from export.onnx_pipeline import OnnxExporter
 from export.parity import compare
 from export.quantize import Int8Recipe, quantize_int8
 from export.report import cpu_name
@@ -68,7 +69,7 @@ def choices(packages: list[Path], data: str, targets: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for package in packages:
         exporter = OnnxExporter(
-            OnnxExportRequest(str(package), ["int8"], calib=data, parity_data=data)
+            onnx_request(str(package), precisions=["int8"], calib=data, parity_data=data)
         )
         calibration = exporter._calibration_images()
         ref = exporter._references(calibration)
@@ -77,8 +78,9 @@ def choices(packages: list[Path], data: str, targets: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(
-                exporter.net, fp32, arch.image_size, onnx_metadata(exporter.package, "fp32")
-            )
+                exporter.net, fp32, arch.image_size, onnx_metadata(exporter.package, "fp32"),
+                torch.float32, exporter.req.opset, exporter.req.max_batch,
+            )  # fmt: skip
             for target in targets:
                 for name, recipe in RECIPES.items():
                     out = Path(tmp) / "int8.onnx"
@@ -131,10 +133,8 @@ def speed(families: list[str], size: int, data: str, repeats: int) -> None:
         backbone = FAMILIES.get(family, family)
         with tempfile.TemporaryDirectory() as tmp:
             package = random_package(Path(tmp) / "pkg", backbone, size, data)
-            result = export_package_onnx(
-                OnnxExportRequest(
-                    str(package), calib=data, parity_data=data, calib_size=128, parity_size=300
-                )
+            result = export(
+                str(package), calib=data, parity_data=data, calib_size=128, parity_size=300
             )
             loaded = ModelPackage.load(package, verify=False)
             params, gflops = size_of(load_student(loaded), size)

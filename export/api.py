@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from stml_deploy.errors import StmlError
 
 if TYPE_CHECKING:  # kept light: the CLI reads FORMATS for its option defaults at start-up
+    from export.onnx_pipeline import OnnxExportRequest
     from export.report import ExportResult
 
 
@@ -60,6 +61,15 @@ def ignored_options(format: str, given: dict[str, Any]) -> list[str]:
     ]
 
 
+def onnx_request(package: str, **options: Any) -> OnnxExportRequest:
+    """The "onnx" format's request, the table's defaults filled in."""
+    from export.onnx_pipeline import OnnxExportRequest
+
+    values = {**FORMATS["onnx"].options, **options}
+    values["precisions"] = list(values["precisions"])
+    return OnnxExportRequest(package, **values)
+
+
 def export(package: str, format: str = "onnx", **options: Any) -> ExportResult:
     """Export a package folder; every artifact passes its parity check before it takes its
     name. `options` are the format's (FORMATS[format].options), e.g.
@@ -82,10 +92,9 @@ def export(package: str, format: str = "onnx", **options: Any) -> ExportResult:
         )
     values = {**spec.options, **options}
     if format == "onnx":
-        from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
+        from export.onnx_pipeline import export_package_onnx
 
-        values["precisions"] = list(values["precisions"])
-        return export_package_onnx(OnnxExportRequest(package, **values))
+        return export_package_onnx(onnx_request(package, **options))
     from export.report import ExportResult
     from export.tensorrt_build import EngineRequest, build_engine_with_parity
     from stml_deploy.package import ModelPackage

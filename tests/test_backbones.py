@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx_pipeline import OnnxExportRequest, export_package_onnx
+from export.api import export
 from stml_deploy.errors import StmlError
 from stml_deploy.package import ModelPackage
 from tests.conftest import one_line_error, run_cli
@@ -48,10 +48,7 @@ def test_family_trains_exports_and_runs_on_the_edge(family: str, tmp_path: Path)
     arch = json.loads((out / "config.json").read_text())["architecture"]
     assert arch["pooling"] == pooling and arch["image_size"] == size
 
-    request = OnnxExportRequest(
-        str(out), calib="digits", calib_size=48, parity_data="digits", parity_size=200
-    )
-    result = export_package_onnx(request)
+    result = export(str(out), calib="digits", calib_size=48, parity_data="digits", parity_size=200)
     passing = ("fp32", "fp16", "int8") if int8_passes else ("fp32", "fp16")
     written = [f"onnx/{ModelPackage.load(out).onnx_path(p).name}" for p in passing]
     assert result.written == written, result.failures

@@ -117,7 +117,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _results(folder: Path) -> list[dict]:
-    return [torch.load(folder / f"rank{r}.pt") for r in (0, 1)]
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 def test_global_batch_gradients_equal_one_process(two_ranks: Path) -> None:
@@ -129,12 +129,13 @@ def test_global_batch_gradients_equal_one_process(two_ranks: Path) -> None:
         assert got["losses"] == pytest.approx(losses, rel=1e-5)
         # step 1: the same weights, so the same gradients up to summation order (a world-size
         # factor, the known trap, would be off by 2x); step 2 starts from weights that AdamP
-        # moved by rounding-level differences, hence the looser bound
+        # moved by rounding-level differences, hence the looser bound. Judged against the
+        # step's largest gradient: a parameter whose gradient is ~1e-9 has no digits to compare
         for step, rel in ((0, 1e-5), (1, 1e-3)):
+            scale = max(g.abs().max().item() for g in grads[step].values())
             for name, expected in grads[step].items():
-                scale = expected.abs().max().item()
                 diff = (got["grads"][step][name] - expected).abs().max().item()
-                assert diff <= rel * scale + 1e-9, (step, name, diff, scale)
+                assert diff <= rel * scale, (step, name, diff, scale)
 
 
 def test_teacher_identical_across_ranks(two_ranks: Path) -> None:
