@@ -222,3 +222,18 @@ def test_overwrite_on_a_full_disk_keeps_the_exported_package(tmp_path: Path) -> 
         assert last.startswith("error: cannot write ") and "No space left" in last
         kept = ModelPackage.load(package, verify=True)
         assert (package / "onnx" / "model.onnx").is_file() and "onnx/model.onnx" in kept.artifacts
+
+
+def test_pretrained_backbone_without_the_hub_fails_at_once_naming_the_way_out(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    result = run_cli(
+        "train", str(_gallery(tmp_path / "g")), "--out", str(tmp_path / "run"),
+        "--backbone", "resnet18", "--pretrained", "--batch-size", "8", "--neighbours", "4",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")},
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "cannot reach the Hugging Face Hub" in line
+    assert "--no-pretrained" in line and "HF_HUB_OFFLINE=1" in line
+    assert time.monotonic() - started < 60  # the client's retries took about a minute

@@ -93,6 +93,30 @@ def _googlenet(pretrained: bool) -> Backbone:
     )
 
 
+def _check_hub_reachable(name: str, timeout: float = 5.0) -> None:
+    """Offline, the Hub client spends about a minute in retries before it fails: when the Hub
+    is not reachable and HF_HUB_OFFLINE is not set, say so at once (a cache-only run sets
+    HF_HUB_OFFLINE=1, which timm and huggingface_hub then honour)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise StmlError(
+            f"cannot reach the Hugging Face Hub at {endpoint.hostname}:{port} ({exc.strerror or exc}) "
+            f"to fetch {name!r}: train from scratch with --no-pretrained, or set HF_HUB_OFFLINE=1 "
+            "to use weights already in the local cache"
+        ) from None
+
+
 def _create_timm(name: str, pretrained: bool, args: dict[str, Any], image_size: int) -> nn.Module:
     """timm.create_model without pooling or classifier, at `image_size` for the models that
     take one (a constructor without `img_size` raises TypeError naming it: convolutional
@@ -100,6 +124,8 @@ def _create_timm(name: str, pretrained: bool, args: dict[str, Any], image_size: 
     import timm
 
     common = dict(pretrained=pretrained, num_classes=0, global_pool="")
+    if pretrained or hub_backbone(name) is not None:
+        _check_hub_reachable(name)
     try:
         try:
             return timm.create_model(name, **common, **{**args, "img_size": image_size})
