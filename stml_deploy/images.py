@@ -8,7 +8,7 @@ import os
 import stat
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -171,17 +171,3 @@ def _decode(path: Path, fh: BinaryIO) -> Image.Image:
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageLoadError(path, reason) from None
-
-
-def iter_readable(
-    paths: Iterable[Path], strict: bool = False
-) -> Iterator[tuple[int, Path, Image.Image]]:
-    """(position, path, RGB image) for each readable path; a bad one is skipped with one
-    warning line, or raises under `strict`."""
-    for position, path in enumerate(paths):
-        try:
-            yield position, path, load_rgb(path)
-        except ImageLoadError as exc:
-            if strict:
-                raise
-            warn(f"skipped {exc.path}: {exc.reason}")

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from stml_deploy.errors import ImageLoadError, StmlError
-from stml_deploy.images import iter_readable, list_images, load_rgb
+from stml_deploy.images import list_images, load_rgb
+from stml_deploy.skipping import SkipPolicy
 
 
 def png16_grey(arr: np.ndarray) -> Image.Image:
@@ -129,19 +130,19 @@ def test_damaged_image_is_reported_by_name(damaged: dict[str, Path], kind: str) 
             "decompression bomb": "decompression bomb"}[kind] in str(caught.value)  # fmt: skip
 
 
-def test_iter_readable_skips_with_one_warning_each_or_stops_when_strict(
+def test_reading_a_list_skips_with_one_warning_each_or_stops_when_strict(
     damaged: dict[str, Path], real_photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = damaged
     paths = [real_photos[0], *bad.values(), real_photos[1]]
-    got = [p for _, p, _ in iter_readable(paths)]
+    got = [paths[i] for i, _ in SkipPolicy(strict=False).readable(paths, load_rgb)]
     assert got == [real_photos[0], real_photos[1]]
     err = capsys.readouterr().err
     for path in bad.values():
         assert err.count(path.name) == 1
     assert err.count("warning:") == len(bad)
     with pytest.raises(ImageLoadError, match=r"truncated\.jpg"):
-        list(iter_readable(paths, strict=True))
+        list(SkipPolicy(strict=True).readable(paths, load_rgb))
 
 
 def test_list_images_recurses_and_explains_empty_folders(tmp_path: Path) -> None:
