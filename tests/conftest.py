@@ -78,6 +78,20 @@ def digit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# a package written by stml 0.1.0, before the typed config: it must keep loading
+OLD_PACKAGE = ROOT / "tests" / "data" / "package-0.1.0"
+
+
+@pytest.fixture
+def old_package(tmp_path: Path) -> Path:
+    """A writable copy of OLD_PACKAGE."""
+    import shutil
+
+    out = tmp_path / "pkg"
+    shutil.copytree(OLD_PACKAGE, out)
+    return out
+
+
 @dataclass
 class CliResult:
     code: int

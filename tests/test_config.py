@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import one_line_error, run_cli
-
-OLD = Path(__file__).parent / "data" / "package-0.1.0"
+from tests.conftest import OLD_PACKAGE, one_line_error, run_cli
 
 
 def _edited(tmp_path: Path, edit: Any) -> Path:
     out = tmp_path / "pkg"
-    shutil.copytree(OLD, out)
+    shutil.copytree(OLD_PACKAGE, out)
     config = json.loads((out / "config.json").read_text())
     edit(config)
     (out / "config.json").write_text(json.dumps(config))
@@ -90,7 +88,7 @@ def test_not_json_and_not_an_object(tmp_path: Path) -> None:
 def test_reader_and_writer_round_trip_unknown_artifact_details() -> None:
     from stml_deploy.config import PackageConfig
 
-    data = json.loads((OLD / "config.json").read_text())
+    data = json.loads((OLD_PACKAGE / "config.json").read_text())
     data["artifacts"]["onnx/model.onnx"]["made_by"] = "a later stml"
     data["training"]["data"]["new_field"] = [1, 2]
     again = PackageConfig.from_json(data, "config.json").to_json()

@@ -16,16 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, one_line_error, run_cli
-
-OLD = Path(__file__).parent / "data" / "package-0.1.0"
+from tests.conftest import OLD_PACKAGE, ROOT, one_line_error, run_cli
 
 
 @pytest.fixture
-def package(tmp_path: Path) -> Path:
-    out = tmp_path / "pkg"
-    shutil.copytree(OLD, out)
-    return out
+def package(old_package: Path) -> Path:
+    return old_package
 
 
 def _gallery(folder: Path, count: int = 12) -> Path:
@@ -211,7 +207,7 @@ def test_overwrite_on_a_full_disk_keeps_the_exported_package(tmp_path: Path) -> 
 
     with small_tmpfs(tmp_path / "disk", "12m") as disk:
         package = disk / "pkg"
-        shutil.copytree(OLD, package)
+        shutil.copytree(OLD_PACKAGE, package)
         fill(disk, leave=2_000_000)  # room for new weights (1.5 MB), not for the state (6 MB)
         result = run_cli(
             "train", "digits", "--max-images", "80", "--out", str(package), "--overwrite",

@@ -14,14 +14,13 @@ import pytest
 from PIL import Image
 
 from stml_deploy.errors import MissingDependencyError
+from tests.conftest import OLD_PACKAGE
 from training.history import TensorBoardLog, history_csv, write_history
-
-PACKAGE = Path(__file__).parent / "data" / "package-0.1.0"
 
 
 def recorded_history() -> list[dict]:
     """The 0.1.0 package's real history, plus later epochs with validation on some of them."""
-    config = json.loads((PACKAGE / "config.json").read_text())
+    config = json.loads((OLD_PACKAGE / "config.json").read_text())
     history = [dict(e) for e in config["training"]["history"]]
     first = history[-1]
     for epoch in range(first["epoch"] + 1, first["epoch"] + 4):

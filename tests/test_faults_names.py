@@ -17,10 +17,9 @@ from PIL import Image
 from stml_deploy.console import RateColumn, info, printable, warn
 from stml_deploy.errors import ImageLoadError, StmlError
 from stml_deploy.images import list_images, load_rgb
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import OLD_PACKAGE, one_line_error, run_cli
 
 BAD_NAME = os.fsdecode(b"bad\xff.png")  # a lone surrogate in Python: not encodable as UTF-8
-PACKAGE = Path(__file__).parent / "data" / "package-0.1.0"
 
 
 def jpeg_with_bad_exif() -> bytes:
@@ -121,7 +120,7 @@ def test_markup_and_undecodable_names_through_stml_embed(
     from stml_deploy.embeddings_file import read_embeddings
 
     package = tmp_path / "pkg"
-    shutil.copytree(PACKAGE, package)
+    shutil.copytree(OLD_PACKAGE, package)
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     shutil.copy(real_photos[0], gallery / "[bold]x.png")
@@ -142,7 +141,7 @@ def test_damaged_file_named_like_markup_fails_strict_with_one_line(
     tmp_path: Path, real_photos: list[Path]
 ) -> None:
     package = tmp_path / "pkg"
-    shutil.copytree(PACKAGE, package)
+    shutil.copytree(OLD_PACKAGE, package)
     broken = tmp_path / "[red]broken[" / "x].jpg"
     broken.parent.mkdir()
     broken.write_bytes(real_photos[1].read_bytes()[:2000])

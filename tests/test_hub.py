@@ -15,7 +15,7 @@ from PIL import Image
 
 from stml_deploy.hub_transfer import package_files
 from stml_deploy.package import ModelPackage
-from tests.conftest import ROOT, one_line_error, run_cli
+from tests.conftest import OLD_PACKAGE, ROOT, one_line_error, run_cli
 from tests.fakes.hub_server import Fault, HubServer
 
 pytestmark = pytest.mark.slow
@@ -348,7 +348,7 @@ def test_published_config_names_no_local_paths() -> None:
              "ref": {"data": path, "data_root": "/home/me/data", "split": "test"}}
         )  # fmt: skip
 
-    old = ModelPackage.load(Path(__file__).parent / "data" / "package-0.1.0", verify=False)
+    old = ModelPackage.load(OLD_PACKAGE, verify=False)
     config = PackageConfig.from_json(old.config.to_json(), "config.json")
     config.training.data = folder_data("/home/me/secret/products")
     config.metrics["test"] = MetricsRecord(

@@ -5,20 +5,9 @@ rebuilds its torch network, bit for bit where the format allows."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-OLD = Path(__file__).parent / "data" / "package-0.1.0"
-
-
-@pytest.fixture
-def old_package(tmp_path: Path) -> Path:
-    out = tmp_path / "pkg"
-    shutil.copytree(OLD, out)
-    return out
 
 
 def test_old_package_loads_and_verifies(old_package: Path) -> None:
