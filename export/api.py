@@ -90,7 +90,6 @@ def export(package: str, format: str = "onnx", **options: Any) -> ExportResult:
             f"{package}: export writes into the package; pull it into a folder first "
             f"(stml pull {pull} --out DIR)"
         )
-    values = {**spec.options, **options}
     if format == "onnx":
         from export.onnx_pipeline import export_package_onnx
 
@@ -100,7 +99,7 @@ def export(package: str, format: str = "onnx", **options: Any) -> ExportResult:
     from stml_deploy.package import ModelPackage
     from stml_deploy.parity_files import REJECTED
 
-    entry = build_engine_with_parity(EngineRequest(package, **values))
+    entry = build_engine_with_parity(EngineRequest(package, **{**spec.options, **options}))
     artifact = entry.artifact.removesuffix(REJECTED)
     return ExportResult(
         ModelPackage.load(package, verify=False),
