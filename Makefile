@@ -9,7 +9,7 @@ STAMP := $(VENV)/.stml-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 EXTRAS := train,export,cpu,index,dev
 
-.PHONY: demo test lint format bench setup data clean gpu-check
+.PHONY: demo test lint format bench bench-accuracy bench-perf setup data clean gpu-check
 
 setup: $(STAMP) data
 
@@ -41,6 +41,19 @@ bench: setup
 	$(BIN)/python benchmarks/pseudo_labels.py
 	$(BIN)/python benchmarks/exported_variants.py --package runs/demo/model --resnet18
 	$(BIN)/python benchmarks/search.py
+
+# STML against the start model, SimCLR and the supervised bound on three Fashion-MNIST
+# protocols, 2 seeds (about an hour on 2 cores; QUICK=1: the 10-minute subset).
+# Writes docs/accuracy.json and docs/accuracy.png; the table goes in docs/benchmarks.md.
+ACCURACY_ARGS := $(if $(QUICK),--quick --json runs/accuracy-quick.json --plot runs/accuracy-quick.png,--json docs/accuracy.json --plot docs/accuracy.png)
+bench-accuracy: setup
+	mkdir -p runs
+	PYTHONPATH=. $(BIN)/python benchmarks/accuracy.py $(ACCURACY_ARGS)
+
+# Where training time goes, how cost grows, inference per backend (the last needs `make demo`).
+bench-perf: setup
+	PYTHONPATH=. $(BIN)/python benchmarks/perf.py --json docs/perf.json --plots docs \
+		$(if $(wildcard runs/demo/model/config.json),--package runs/demo/model)
 
 # On a machine with an NVIDIA GPU, offline: no `setup` (it would reach for the registries); it
 # runs with .venv's Python when there is one, else $(PYTHON). One JSON summary on stdout;

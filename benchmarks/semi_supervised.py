@@ -24,94 +24,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from methods import measure, train_stml, train_supervised
 
-from stml_deploy.preprocess import PreprocessSpec
 from training.config import TrainConfig
 from training.demo import demo_config
-from training.evaluation_run import evaluate_model
-from training.loaders import MultiViewDataset, collate_views
-from training.model import EmbeddingNet
-from training.named_datasets import FASHION_MNIST_ROOT, _idx_file, read_idx
-from training.package_io import build_student, load_student
-from training.semi_supervised import (
-    LabelledGroups,
-    LabelledSet,
-    attach_labels,
-    supervised_loss,
-)
-from training.sources import ImageSource
-from training.trainer import TrainRequest, _optimizer, _scheduler, train
-
-
-def fashion_mnist(prefix: str, classes: range, limit: int, seed: int) -> ImageSource:
-    images = read_idx(_idx_file(FASHION_MNIST_ROOT, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx_file(FASHION_MNIST_ROOT, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
-    keep = np.isin(labels, list(classes))
-    source = ImageSource(
-        f"fashion-mnist {prefix} {classes.start}-{classes.stop - 1}",
-        str(FASHION_MNIST_ROOT),
-        np.ascontiguousarray(images[keep]),
-        labels[keep],
-    )
-    return source.limit(limit, seed=seed)
-
+from training.named_datasets import fashion_mnist_file
+from training.semi_supervised import attach_labels
 
 PROTOCOLS = {
     "a (unseen classes 5-9)": (range(0, 5), range(5, 10)),
     "b (in-domain, all 10)": (range(0, 10), range(0, 10)),
 }
-
-
-def train_stml(
-    cfg: TrainConfig, source: ImageSource, supervision: LabelledSet | None, out: Path
-) -> tuple[EmbeddingNet, PreprocessSpec]:
-    request = TrainRequest(
-        cfg=cfg, source=source, out=out, device="cpu", amp="off", workers=0,
-        supervision=supervision, overwrite=True,
-    )  # fmt: skip
-    package = train(request)
-    return load_student(package), package.preprocessing
-
-
-def train_supervised_only(
-    cfg: TrainConfig, source: ImageSource, supervision: LabelledSet, steps: int
-) -> tuple[EmbeddingNet, PreprocessSpec]:
-    """MultiSimilarity on the labelled images alone: every group of every batch a labelled
-    group (a query and images of its class), `steps` optimizer steps of cfg.batch_size images
-    in cfg.views augmentations, the trainer's optimizer and schedule."""
-    torch.manual_seed(cfg.seed)
-    student, spec = build_student(cfg)
-    optimizer = _optimizer(student, cfg)
-    scheduler = _scheduler(optimizer, cfg, steps)
-    groups = LabelledGroups(supervision.labels, cfg.batch_size // cfg.neighbours, cfg.neighbours)
-    rng = np.random.default_rng([cfg.seed, 7])
-    batches = []
-    for _ in range(steps):
-        indices = groups.draw(rng).reshape(-1)
-        seeds = rng.integers(0, 2**62, size=len(indices))
-        batches.append([(int(i), int(s)) for i, s in zip(indices, seeds, strict=True)])
-    loader = DataLoader(
-        MultiViewDataset(source, spec, cfg.views), batch_sampler=batches, collate_fn=collate_views
-    )
-    student.train()
-    for pixels, ids in loader:
-        f, _ = student(pixels)
-        labels = torch.from_numpy(supervision.labels[ids.numpy()])
-        loss = supervised_loss(f, labels, cfg.supervised_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    return student.eval(), spec
-
-
-def measure(student: EmbeddingNet, spec: PreprocessSpec, test: ImageSource) -> dict[str, float]:
-    with torch.inference_mode():
-        metrics = evaluate_model(student, spec, test, "cpu", 512, 0, "evaluating")
-    return {"recall_at_1": metrics["recall_at_1"], "map_at_r": metrics["map_at_r"]}
 
 
 def main() -> None:
@@ -139,14 +63,16 @@ def main() -> None:
         for name, (train_classes, test_classes) in PROTOCOLS.items():
             if name[0] not in args.protocols.split(","):
                 continue
-            test = fashion_mnist("t10k", test_classes, args.test_images, seed=0)
+            test = fashion_mnist_file("t10k", test_classes).limit(args.test_images, seed=0)
             for seed in seeds:
                 cfg = replace(
                     demo_config(args.epochs), batch_size=args.batch_size, seed=seed,
                     backbone=args.backbone, labeled_ratio=args.labeled_ratio,
                     supervised_weight=args.supervised_weight,
                 )  # fmt: skip
-                data = fashion_mnist("train", train_classes, args.train_images, seed=seed)
+                data = fashion_mnist_file("train", train_classes).limit(
+                    args.train_images, seed=seed
+                )
                 steps = args.epochs * (len(data) // cfg.batch_size)
                 runs = [("unsupervised", None, None)]
                 for fraction in fractions:
@@ -157,13 +83,13 @@ def main() -> None:
                         continue
                     t0 = time.perf_counter()
                     if method == "supervised":
-                        student, spec = train_supervised_only(cfg, data, labelled, steps)
+                        student, spec = train_supervised(cfg, data, labelled.labels, steps)
                     else:
-                        student, spec = train_stml(cfg, data, labelled, Path(tmp) / "run")
+                        student, spec = train_stml(cfg, data, Path(tmp) / "run", labelled)
                     row = {
                         "protocol": name, "method": method, "fraction": fraction, "seed": seed,
                         "labelled": labelled.record.labelled_images if labelled else 0,
-                        **measure(student, spec, test),
+                        **{k: v for k, v in measure(student, spec, test).items() if k in ("recall_at_1", "map_at_r")},
                         "seconds": round(time.perf_counter() - t0, 1),
                     }  # fmt: skip
                     results.append(row)

@@ -63,3 +63,16 @@ def stml_loss(f: torch.Tensor, g: torch.Tensor, w: torch.Tensor, delta: float) -
     rc_g = relaxed_contrastive(d_g, w, delta)
     kl = kl_distillation(d_f, d_g)
     return LossTerms((rc_f + rc_g) / 2 + kl, rc_f, rc_g, kl)
+
+
+def ntxent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent on two views ([N, D] each; row i of both is one image): over the 2N
+    unit vectors, each row's cross-entropy of its other view against all 2N - 1 others, mean.
+    The value of pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(temperature)) in one
+    [2N, 2N] matrix (tests/test_losses.py); its pair form costs ~0.6 s a step at N = 120."""
+    z = F.normalize(torch.cat([first, second]).float(), dim=1)
+    n = first.shape[0]
+    logits = (z @ z.T) / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    pair = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, pair)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -143,21 +143,37 @@ def _idx_file(root: Path, stem: str) -> Path:
     )
 
 
-def fashion_mnist(data_root: Path | None, split: str) -> ImageSource:
-    """Fashion-MNIST: train = classes 0-4 of the training file, test = 5-9 of t10k."""
+def fashion_mnist_file(
+    file: str, classes: Iterable[int], data_root: Path | None = None
+) -> ImageSource:
+    """The images of `classes` in one of Fashion-MNIST's two files ("train": 60k, "t10k": 10k),
+    in file order (the benchmarks build their protocols from these)."""
     root = data_root or FASHION_MNIST_ROOT
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
-    keep = labels <= 4 if split == "train" else labels >= 5
+    images = read_idx(_idx_file(root, f"{file}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(root, f"{file}-labels-idx1-ubyte")).astype(np.int64)
+    wanted = sorted(set(classes))
+    keep = np.isin(labels, wanted)
+    contiguous = wanted == list(range(wanted[0], wanted[-1] + 1))
+    used = f"{wanted[0]}-{wanted[-1]}" if contiguous else ",".join(map(str, wanted))
     return ImageSource(
-        f"fashion-mnist ({split})",
+        f"fashion-mnist {file} {used}",
         str(root),
         np.ascontiguousarray(images[keep]),
         labels[keep],
         FASHION_MNIST_CLASSES,
-        {"split": split, "classes_used": "0-4" if split == "train" else "5-9"},
+        {"file": file, "classes_used": used},
     )
+
+
+def fashion_mnist(data_root: Path | None, split: str) -> ImageSource:
+    """Fashion-MNIST: train = classes 0-4 of the training file, test = 5-9 of t10k."""
+    if split == "train":
+        source = fashion_mnist_file("train", range(0, 5), data_root)
+    else:
+        source = fashion_mnist_file("t10k", range(5, 10), data_root)
+    source.name = f"fashion-mnist ({split})"
+    source.description = {"split": split, "classes_used": source.description["classes_used"]}
+    return source
 
 
 def fashion_mnist_available(data_root: Path | None = None) -> bool:

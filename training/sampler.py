@@ -13,12 +13,16 @@ from stml_deploy.neighbours import nearest
 from training.semi_supervised import LabelledGroups
 
 
-def nearest_neighbour_table(embeddings: np.ndarray, neighbours: int) -> np.ndarray:
+def nearest_neighbour_table(
+    embeddings: np.ndarray, neighbours: int, engine: str = "auto"
+) -> np.ndarray:
     """[M, neighbours] indices: row i is i, then its nearest others by exact L2 on the raw
     embeddings. Ties go to the lower index, so the table is the same run after run (what
     --resume relies on); faiss and numpy differ at most where rounding splits near-ties."""
     m = len(embeddings)
-    others = nearest(embeddings, embeddings, min(neighbours, m) - 1, "l2", exclude_self=True)
+    others = nearest(
+        embeddings, embeddings, min(neighbours, m) - 1, "l2", exclude_self=True, engine=engine
+    )
     return np.concatenate([np.arange(m, dtype=np.int64)[:, None], others.indices], axis=1)
 
 
