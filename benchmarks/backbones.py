@@ -53,6 +53,7 @@ RECIPES: dict[str, Int8Recipe] = {
     "Conv/MatMul/Gemm, Percentile, depthwise in float": replace(
         DEFAULT, calibration="percentile", float_depthwise=True
     ),
+    "Conv/MatMul/Gemm, MatMul outputs in float": replace(DEFAULT, float_matmul_outputs=True),
 }
 FAMILIES = {  # family: (timm name, what it stands for)
     "ResNet": "resnet18",
@@ -64,7 +65,7 @@ FAMILIES = {  # family: (timm name, what it stands for)
 }
 
 
-def choices(packages: list[Path], data: str, targets: list[str]) -> None:
+def choices(packages: list[Path], data: str, targets: list[str], only: list[str]) -> None:
     print("| model | recipe | target | cos min | cos mean | top-10 | R@1 torch | R@1 int8 | gate |")
     print("|---|---|---|---|---|---|---|---|---|")
     for package in packages:
@@ -83,6 +84,8 @@ def choices(packages: list[Path], data: str, targets: list[str]) -> None:
             )  # fmt: skip
             for target in targets:
                 for name, recipe in RECIPES.items():
+                    if only and name not in only:
+                        continue
                     out = Path(tmp) / "int8.onnx"
                     quantize_int8(fp32, out, calibration.pixels, target, recipe=recipe)
                     session = onnx_runtime.create_session(out)
@@ -171,6 +174,7 @@ def main() -> None:
     c.add_argument("packages", nargs="+", type=Path)
     c.add_argument("--data", default="fashion-mnist")
     c.add_argument("--targets", default="cpu")
+    c.add_argument("--recipes", default="", help="names of RECIPES, separated by ';' (default all)")
     s = sub.add_parser("speed")
     s.add_argument("--families", default=",".join(FAMILIES))
     s.add_argument("--size", type=int, default=224)
@@ -181,7 +185,12 @@ def main() -> None:
         f"machine: {cpu_name()} ({platform.machine()}), torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnx_runtime.version()}"
     )
     if args.mode == "choices":
-        choices(args.packages, args.data, args.targets.split(","))
+        choices(
+            args.packages,
+            args.data,
+            args.targets.split(","),
+            [r for r in args.recipes.split(";") if r],
+        )
     else:
         speed(args.families.split(","), args.size, args.data, args.repeats)
 

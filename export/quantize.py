@@ -59,12 +59,17 @@ class Int8Recipe:
     exclude_op_types: tuple[str, ...] = field(default_factory=tuple)
     # leave depthwise convolutions (one filter per channel: few weights, wide ranges) in float
     float_depthwise: bool = False
+    # cpu target: no QuantizeLinear after a weight MatMul, so ORT fuses it into
+    # MatMulIntegerToFloat (float out) instead of QLinearMatMul + DequantizeLinear: one int8
+    # rounding and one DequantizeLinear fewer per Linear (ViT-S 224 px: 1.92x -> 2.08x ORT fp32)
+    float_matmul_outputs: bool = True
 
     def describe(self) -> dict[str, object]:
         return {
             "quantized_ops": ", ".join(self.op_types) if self.op_types else "all ORT supports",
             "weight_matmuls_only": self.weight_matmuls_only,
             "float_depthwise": self.float_depthwise,
+            "float_matmul_outputs": self.float_matmul_outputs,
             "calibration": self.calibration
             + (f" {self.percentile:g}" if self.calibration == "percentile" else ""),
         }
@@ -138,6 +143,8 @@ def quantize_int8(
         }
         if recipe.calibration == "percentile":
             extra["CalibPercentile"] = recipe.percentile
+        if cpu and recipe.float_matmul_outputs:
+            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
         if not cpu:
             extra.update({"QuantizeBias": False, "DedicatedQDQPair": True})
         with _quiet():
