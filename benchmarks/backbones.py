@@ -39,7 +39,6 @@ from exported_variants import speed_rows
 from export.api import export, onnx_request
 from export.onnx_export import export_onnx, onnx_metadata
 from export.onnx_pipeline import OnnxExporter
-from export.parity import compare
 from export.quantize import Int8Recipe, quantize_int8
 from export.report import cpu_name
 from stml_deploy import onnx_runtime
@@ -106,16 +105,7 @@ def choices(packages: list[Path], data: str, targets: list[str], only: list[str]
                         continue
                     out = Path(tmp) / "int8.onnx"
                     quantize_int8(fp32, out, calibration.pixels, target, recipe=recipe)
-                    session = onnx_runtime.create_session(out)
-                    check = compare(
-                        "int8",
-                        onnx_runtime.run_batches(session, ref.golden_pixels),
-                        ref.golden_embedding,
-                        ref.golden_kind,
-                        onnx_runtime.run_batches(session, ref.parity.pixels),
-                        ref.parity_embedding,
-                        ref.parity.labels,
-                    )
+                    check = exporter._parity("int8", out, ref)  # the export's own gate
                     t, r = check.real, check.retrieval
                     print(
                         f"| {label} | {name} | {target} | {t['cosine_min']:.4f} | {t['cosine_mean']:.4f} "
