@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from export.golden import ImageSet, golden_inputs, preprocess_source, save_golden
+from export.int8_sensitivity import search_float_nodes
 from export.onnx_export import check_export_options, export_onnx, onnx_metadata
 from export.parity import compare
-from export.quantize import INT8_TARGETS, quantize_int8
+from export.quantize import INT8_TARGETS, Int8Quantizer
 from export.report import ExportResult, cpu_name, parity_entry, record
 from stml_deploy import onnx_runtime
 from stml_deploy.atomic import sibling_path
@@ -29,7 +30,7 @@ from stml_deploy.package import (
     check_precision,
     onnx_name,
 )
-from stml_deploy.parity_files import GOLDEN_NAME, ParityEntry
+from stml_deploy.parity_files import GOLDEN_NAME, ParityCheck, ParityEntry
 from training.model import EmbeddingNet
 from training.named_datasets import resolve_ref, resolve_source
 from training.package_io import load_student
@@ -218,18 +219,12 @@ class OnnxExporter:
         tmp = sibling_path(final)
         try:
             info(f"{rel}: exporting")
-            details = self._build(precision, tmp, fp32_source, calibration)
-            session = onnx_runtime.create_session(tmp)
-            info(f"{rel}: parity on ONNX Runtime CPU")
-            check = compare(
-                precision,
-                onnx_runtime.run_batches(session, ref.golden_pixels),
-                ref.golden_embedding,
-                ref.golden_kind,
-                onnx_runtime.run_batches(session, ref.parity.pixels),
-                ref.parity_embedding,
-                ref.parity.labels,
-            )
+            if precision == "int8":
+                details, check = self._build_int8(tmp, fp32_source, calibration, ref)
+            else:
+                details = self._build(precision, tmp)
+                info(f"{rel}: parity on ONNX Runtime CPU")
+                check = self._parity(precision, tmp, ref)
             sha256 = None
             if check.passed:
                 os.replace(tmp, final)
@@ -247,48 +242,94 @@ class OnnxExporter:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _build(
-        self, precision: str, tmp: Path, fp32_source: Path | None, calibration: np.ndarray | None
-    ) -> dict[str, Any]:
+    def _parity(self, precision: str, path: Path, ref: _References) -> ParityCheck:
+        """The gate: `path` on ONNX Runtime's CPU provider against the torch fp32 references."""
+        session = onnx_runtime.create_session(path)
+        return compare(
+            precision,
+            onnx_runtime.run_batches(session, ref.golden_pixels),
+            ref.golden_embedding,
+            ref.golden_kind,
+            onnx_runtime.run_batches(session, ref.parity.pixels),
+            ref.parity_embedding,
+            ref.parity.labels,
+        )
+
+    def _build(self, precision: str, tmp: Path) -> dict[str, Any]:
+        dtype = torch.float32 if precision == "fp32" else torch.float16
+        export_onnx(
+            copy.deepcopy(self.net),
+            tmp,
+            self.spec.image_size,
+            onnx_metadata(self.package, precision),
+            dtype,
+            self.req.opset,
+            self.req.max_batch,
+        )
+        return {}
+
+    def _build_int8(
+        self, tmp: Path, fp32_source: Path | None, calibration: np.ndarray, ref: _References
+    ) -> tuple[dict[str, Any], ParityCheck]:
+        """Quantize with the recipe; if the gate rejects it, leave the most sensitive nodes in
+        float (export/int8_sensitivity.py) until it passes or the budget is spent."""
         req = self.req
-        if precision in ("fp32", "fp16"):
-            dtype = torch.float32 if precision == "fp32" else torch.float16
-            net = copy.deepcopy(self.net)
-            export_onnx(
-                net,
-                tmp,
-                self.spec.image_size,
-                onnx_metadata(self.package, precision),
-                dtype,
-                req.opset,
-                req.max_batch,
-            )
-            return {}
         base = fp32_source
         scratch = None
         if base is None:  # int8 alone: quantize from a temporary fp32 export
             scratch = base = sibling_path(self.package.path(onnx_name("fp32")))
-            export_onnx(
-                copy.deepcopy(self.net),
-                base,
-                self.spec.image_size,
-                onnx_metadata(self.package, "fp32"),
-                torch.float32,
-                req.opset,
-                req.max_batch,
-            )
+            self._build("fp32", base)
         try:
             info(
                 f"{onnx_name('int8')}: calibrating on {len(calibration)} images ({req.int8_target} target)"
             )
-            details = quantize_int8(base, tmp, calibration, req.int8_target)
+            with Int8Quantizer(base, tmp.parent, calibration, req.int8_target) as quantizer:
+                details = quantizer.quantize(tmp, [])
+                info(f"{onnx_name('int8')}: parity on ONNX Runtime CPU")
+                check = self._parity("int8", tmp, ref)
+                if not check.passed and quantizer.candidates:
+                    details, check = self._float_sensitive_nodes(quantizer, base, tmp, ref, check)
+            self._stamp_int8(tmp)
         finally:
             if scratch is not None:
                 scratch.unlink(missing_ok=True)
-        self._stamp_metadata(
-            tmp, onnx_metadata(self.package, "int8", {"int8_target": req.int8_target})
+        return details, check
+
+    def _float_sensitive_nodes(
+        self,
+        quantizer: Int8Quantizer,
+        base: Path,
+        tmp: Path,
+        ref: _References,
+        first: ParityCheck,
+    ) -> tuple[dict[str, Any], ParityCheck]:
+        """The recipe's int8 failed the gate: search the fewest most sensitive nodes to leave
+        in float. Recorded either way (config.json's int8 record, or the failure report)."""
+        rel = onnx_name("int8")
+        info(
+            f"{rel}: rejected by the parity gate; ranking its {len(quantizer.candidates)} "
+            "quantized nodes by sensitivity"
         )
-        return details
+        search = search_float_nodes(
+            quantizer, base, tmp, lambda path: self._parity("int8", path, ref)
+        )
+        details = {**quantizer.describe(search.float_nodes), **search.record()}
+        if search.check is None:
+            info(
+                f"{rel}: still rejected with up to {max(search.tried)} of {search.candidates} "
+                "quantizable nodes left in float"
+            )
+            return details, first
+        info(
+            f"{rel}: passes with {len(search.float_nodes)} of {search.candidates} quantizable "
+            "nodes left in float (most sensitive first)"
+        )
+        return details, search.check
+
+    def _stamp_int8(self, path: Path) -> None:
+        self._stamp_metadata(
+            path, onnx_metadata(self.package, "int8", {"int8_target": self.req.int8_target})
+        )
 
     def _calibration_images(self) -> ImageSet:
         req = self.req
