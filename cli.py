@@ -413,6 +413,12 @@ def export(
     keep_failed: Annotated[
         bool, typer.Option(help="Keep an artifact that failed parity, renamed *.failed.")
     ] = False,
+    int8_search: Annotated[
+        bool,
+        typer.Option(
+            help="When int8 fails parity, leave its most sensitive layers in float until it passes (recorded in config.json)."
+        ),
+    ] = _ONNX["int8_search"],
     batch: Annotated[str, typer.Option(help="trt: batch profile MIN,OPT,MAX.")] = _TRT["batch"],
     workspace: Annotated[float, typer.Option(help="trt: builder workspace limit in GiB.")] = _TRT[
         "workspace_gib"
@@ -428,7 +434,7 @@ def export(
         "calib": calib, "calib_size": calib_size, "parity_data": parity_data,
         "parity_size": parity_size, "data_root": str(data_root) if data_root else None,
         "max_batch": max_batch, "opset": opset, "keep_failed": keep_failed,
-        "precision": precision if format == "trt" else None, "batch": batch,
+        "int8_search": int8_search, "precision": precision if format == "trt" else None, "batch": batch,
         "workspace_gib": workspace,
     }  # fmt: skip
     flags = {"workspace_gib": "workspace", "precisions": "precision"}

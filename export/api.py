@@ -36,6 +36,7 @@ FORMATS = {
             "max_batch": 256,
             "opset": 18,
             "keep_failed": False,
+            "int8_search": True,
         },
     ),
     "trt": ExportFormat(

@@ -163,6 +163,7 @@ def test_failed_parity_writes_nothing_unless_kept(tiny_package: Path, tmp_path: 
         *EXPORT_DATA,
         "--calib",
         str(black),
+        "--no-int8-search",
     ]  # the last --calib wins
     result = run_cli(*args)
     assert result.code == 1
@@ -181,6 +182,30 @@ def test_failed_parity_writes_nothing_unless_kept(tiny_package: Path, tmp_path: 
     assert sorted(p.name for p in (package / "onnx").iterdir()) == ["model.int8.onnx.failed"]
 
 
+def test_int8_search_leaves_sensitive_nodes_float_until_the_gate_passes(
+    tiny_package: Path, tmp_path: Path
+) -> None:
+    """The black-frame calibration above breaks the all-int8 model; by default export ranks
+    the quantized nodes and leaves the worst in float until the same gate passes."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(70):
+        Image.new("RGB", (32, 32)).save(black / f"{i}.png")
+    package = copy_of(tiny_package, tmp_path)
+    result = run_cli(
+        "export", str(package), "--precision", "int8", *EXPORT_DATA, "--calib", str(black)
+    )
+    assert result.code == 0, result.err
+    assert "rejected by the parity gate; ranking" in result.err
+    record = json.loads((package / "config.json").read_text())["artifacts"]["onnx/model.int8.onnx"]
+    search = record["sensitivity_search"]
+    assert 0 < len(search["float_nodes"]) < search["quantizable_nodes"]
+    assert set(search["float_nodes"]) <= set(record["excluded_nodes"])
+    report = json.loads((package / "parity/report.json").read_text())["results"]
+    assert [e["passed"] for e in report if e["artifact"] == "onnx/model.int8.onnx"] == [True]
+    ModelPackage.load(package).verify(only=["onnx/model.int8.onnx"])
+
+
 def test_failed_re_export_keeps_the_good_artifact(exported_package: Path, tmp_path: Path) -> None:
     black = tmp_path / "black"
     black.mkdir()
@@ -189,8 +214,9 @@ def test_failed_re_export_keeps_the_good_artifact(exported_package: Path, tmp_pa
     package = copy_of(exported_package, tmp_path)
     good = (package / "onnx/model.int8.onnx").read_bytes()
     result = run_cli(
-        "export", str(package), "--precision", "int8", *EXPORT_DATA, "--calib", str(black)
-    )
+        "export", str(package), "--precision", "int8", *EXPORT_DATA, "--calib", str(black),
+        "--no-int8-search",
+    )  # fmt: skip
     assert result.code == 1 and "parity failed" in result.err
     assert (package / "onnx/model.int8.onnx").read_bytes() == good
     ModelPackage.load(package).verify(only=["onnx/model.int8.onnx"])  # still recorded, hash matches
