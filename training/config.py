@@ -59,7 +59,8 @@ class TrainConfig:
         "a class token. Class and register tokens are never pooled as patches. Known to "
         "export fp32/fp16/int8 through the parity gate: ResNet, ConvNeXt, EfficientNet "
         "(gap+gmp), ViT/DINOv2 (cls), ViT with registers and no class token (gap); "
-        "MobileNetV3 (gap+gmp): fp32/fp16, its int8 is still rejected (docs/backbones.md).",
+        "MobileNetV3 (gap+gmp): all three, its int8 with its most sensitive layers in float "
+        "(docs/backbones.md).",
     )
 
     # --- semi-supervised STML (issue 12): used only with --labeled / --labeled-fraction
