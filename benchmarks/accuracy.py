@@ -264,6 +264,19 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
 
 
+def config_overrides(items: list[str]) -> dict:
+    """--set FIELD=VALUE pairs, each value of its TrainConfig field's type."""
+    defaults = demo_config(1).to_dict()
+    out = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        if field not in defaults or not value:
+            raise SystemExit(f"error: --set {item}: not FIELD=VALUE of a TrainConfig field")
+        kind = type(defaults[field])
+        out[field] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the ~10-minute subset")
@@ -277,6 +290,8 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=None, help="retrieval images")
     parser.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature")
     parser.add_argument("--lr", type=float, default=None, help="all methods (default: recipe)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig field for every method (repeatable)")  # fmt: skip
     parser.add_argument("--eval-on", choices=("test", "val"), default="test")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--json", type=Path, default=None)
@@ -299,6 +314,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     protocols = build_protocols(sizes, args.eval_on, args.protocols.split(","))
     overrides = {"lr": args.lr, "head_lr": args.lr} if args.lr is not None else {}
+    overrides |= config_overrides(args.set)
     results: list[dict] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -340,7 +356,7 @@ def main() -> None:
         "machine": machine(),
         "minutes": round(minutes, 1),
         "settings": {"sizes": sizes.__dict__, "eval_on": args.eval_on,
-                     "seeds": seeds, "temperature": args.temperature, "lr": args.lr,
+                     "seeds": seeds, "temperature": args.temperature, "lr": args.lr, "set": args.set,
                      "semi_fraction": args.semi_fraction if args.semi else None,
                      "config": demo_config(sizes.epochs).to_dict(),
                      "data": {p.key: {"train": len(p.train), "retrieval": len(p.evaluation),
