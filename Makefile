@@ -43,7 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/search.py
 
 # STML against the start model, SimCLR and the supervised bound on three Fashion-MNIST
-# protocols, 2 seeds (about an hour on 2 cores; QUICK=1: the 10-minute subset).
+# protocols, 2 seeds (93 min measured on one loaded core; QUICK=1: the 10-minute subset).
 # Writes docs/accuracy.json and docs/accuracy.png; the table goes in docs/benchmarks.md.
 ACCURACY_ARGS := $(if $(QUICK),--quick --json runs/accuracy-quick.json --plot runs/accuracy-quick.png,--json docs/accuracy.json --plot docs/accuracy.png)
 bench-accuracy: setup
