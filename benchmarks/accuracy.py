@@ -257,10 +257,11 @@ def save_png(fig, path: Path) -> None:
 
 
 def machine() -> dict:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines()
-                  if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": model, "cores": torch.get_num_threads(), "avx512_vnni": "avx512_vnni" in flags,
+    from export.report import cpu_name
+
+    info = Path("/proc/cpuinfo")
+    flags = info.read_text() if info.exists() else ""
+    return {"cpu": cpu_name(), "cores": torch.get_num_threads(), "avx512_vnni": "avx512_vnni" in flags,
             "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
 
 

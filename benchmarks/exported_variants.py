@@ -58,6 +58,12 @@ def export_variants(package: Path, data: str, work: Path) -> dict[str, Path]:
     }
 
 
+def speed_pixels(package: Path, data: str) -> np.ndarray:
+    """The 32 preprocessed held-out images every runtime is timed on."""
+    spec = ModelPackage.load(package, verify=False).preprocessing
+    return preprocess_source(resolve_source(data, None, "test"), spec, 32, seed=5).pixels
+
+
 def parity_rows(work: Path) -> list[str]:
     rows = []
     for copy, label in (("cpu", ""), ("trt", " (tensorrt target)")):
@@ -136,9 +142,7 @@ def main() -> None:
             work = Path(tmp) / label.replace(" ", "_")
             files = export_variants(package, args.data, work)
             spec = ModelPackage.load(package, verify=False).preprocessing
-            pixels = preprocess_source(
-                resolve_source(args.data, None, "test"), spec, 32, seed=5
-            ).pixels
+            pixels = speed_pixels(package, args.data)
             print(
                 f"\n### {label} ({spec.image_size} px): parity against torch fp32, {args.data} test split\n"
             )

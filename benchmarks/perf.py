@@ -188,17 +188,11 @@ def search_scaling(sizes: list[int], dims: list[int], hnsw_max: int, queries: in
 
 
 def exported_speed(package: Path, repeats: int) -> list[dict]:
-    from exported_variants import export_variants, speed_table
-
-    from export.golden import preprocess_source
-    from stml_deploy.package import ModelPackage
-    from training.named_datasets import resolve_source
+    from exported_variants import export_variants, speed_pixels, speed_table
 
     with tempfile.TemporaryDirectory() as tmp:
         files = export_variants(package, "fashion-mnist", Path(tmp))
-        spec = ModelPackage.load(package, verify=False).preprocessing
-        pixels = preprocess_source(resolve_source("fashion-mnist", None, "test"), spec, 32, seed=5)
-        return speed_table(package, files, pixels.pixels, repeats)
+        return speed_table(package, files, speed_pixels(package, "fashion-mnist"), repeats)
 
 
 def render(report: dict) -> str:
